@@ -1,0 +1,422 @@
+// Package broker is the domain of the token broker: sessions and their
+// handles, and the use cases that open, use, refresh and end them. It talks
+// to the identity provider through x/oauth2 and go-oidc and to storage
+// through the small interfaces of store.go; it knows nothing of HTTP routing
+// or Redis.
+package broker
+
+import (
+	"context"
+	"crypto/subtle"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"regexp"
+	"slices"
+	"sync/atomic"
+	"time"
+
+	"golang.org/x/oauth2"
+	"golang.org/x/sync/singleflight"
+)
+
+// Config configures a Service. Zero durations take the documented defaults.
+type Config struct {
+	Issuer       string
+	ClientID     string
+	ClientSecret string // empty for a public client (PKCE only)
+	RedirectURIs []string
+
+	IdleTimeout time.Duration // default 720h
+	MaxLifetime time.Duration // default 2160h
+	RefreshSkew time.Duration // default 10s
+	// TouchInterval throttles last-use writes: a session's last use is
+	// recorded at most once per interval. Default: min(1m, IdleTimeout/10).
+	TouchInterval time.Duration
+	// LockTTL is the lease of a refresh across replicas; it is renewed
+	// while the IdP call runs. Default 10s.
+	LockTTL time.Duration
+	// IdPTimeout bounds each call to the IdP. Default 10s.
+	IdPTimeout time.Duration
+
+	Store  Store
+	Locker Locker
+	Audit  AuditLog // optional
+
+	HTTPClient *http.Client     // for the IdP; default with IdPTimeout
+	Now        func() time.Time // default time.Now
+	Logger     *slog.Logger     // default slog.Default()
+	Metrics    Metrics          // optional
+}
+
+// Metrics receives counts of the broker's decisions. Implementations must be
+// safe for concurrent use.
+type Metrics interface {
+	Exchange(outcome string)
+	Refresh(outcome string) // "ok", "failed", "rejected", "coalesced"
+	Revocation(reason string)
+}
+
+type noMetrics struct{}
+
+func (noMetrics) Exchange(string)   {}
+func (noMetrics) Refresh(string)    {}
+func (noMetrics) Revocation(string) {}
+
+// Service runs the broker's use cases. It is safe for concurrent use.
+type Service struct {
+	cfg    Config
+	log    *slog.Logger
+	idp    atomic.Pointer[idp]
+	flight singleflight.Group
+}
+
+// New validates cfg, fills in defaults and returns a Service. Discovery is
+// not done here: call Discover or DiscoverUntilReady.
+func New(cfg Config) (*Service, error) {
+	var errs []error
+	if cfg.Issuer == "" {
+		errs = append(errs, errors.New("issuer is required"))
+	}
+	if cfg.ClientID == "" {
+		errs = append(errs, errors.New("client id is required"))
+	}
+	if len(cfg.RedirectURIs) == 0 {
+		errs = append(errs, errors.New("at least one redirect URI is required"))
+	}
+	if cfg.Store == nil || cfg.Locker == nil {
+		errs = append(errs, errors.New("a store and a locker are required"))
+	}
+	if err := errors.Join(errs...); err != nil {
+		return nil, err
+	}
+	if cfg.IdleTimeout <= 0 {
+		cfg.IdleTimeout = 720 * time.Hour
+	}
+	if cfg.MaxLifetime <= 0 {
+		cfg.MaxLifetime = 2160 * time.Hour
+	}
+	if cfg.RefreshSkew <= 0 {
+		cfg.RefreshSkew = 10 * time.Second
+	}
+	if cfg.TouchInterval <= 0 {
+		cfg.TouchInterval = min(time.Minute, cfg.IdleTimeout/10)
+	}
+	if cfg.LockTTL <= 0 {
+		cfg.LockTTL = 10 * time.Second
+	}
+	if cfg.IdPTimeout <= 0 {
+		cfg.IdPTimeout = 10 * time.Second
+	}
+	if cfg.HTTPClient == nil {
+		cfg.HTTPClient = &http.Client{Timeout: cfg.IdPTimeout}
+	}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	if cfg.Metrics == nil {
+		cfg.Metrics = noMetrics{}
+	}
+	return &Service{cfg: cfg, log: cfg.Logger}, nil
+}
+
+// ExchangeRequest is what an app hands over after the browser step.
+type ExchangeRequest struct {
+	Code         string
+	CodeVerifier string
+	RedirectURI  string
+	Nonce        string // optional; checked against the ID token when set
+	IP           string
+	UserAgent    string
+}
+
+// NewSession is the result of a successful exchange. Handle is the only
+// copy of the credential: it is given to the app and never stored.
+type NewSession struct {
+	Handle  string
+	Session *Session
+	IDToken string
+}
+
+// verifierPattern is the code_verifier syntax of RFC 7636 section 4.1.
+var verifierPattern = regexp.MustCompile(`^[A-Za-z0-9\-._~]{43,128}$`)
+
+// Exchange redeems an authorization code with its PKCE verifier at the IdP,
+// verifies the ID token and opens a session.
+func (s *Service) Exchange(ctx context.Context, req ExchangeRequest) (*NewSession, error) {
+	switch {
+	case req.Code == "":
+		return nil, Errorf(CodeInvalidRequest, "code is required")
+	case req.CodeVerifier == "":
+		return nil, Errorf(CodeInvalidRequest, "code_verifier is required")
+	case !verifierPattern.MatchString(req.CodeVerifier):
+		return nil, Errorf(CodeInvalidRequest, "code_verifier must be 43 to 128 characters of [A-Za-z0-9-._~] (RFC 7636 section 4.1)")
+	case req.RedirectURI == "":
+		return nil, Errorf(CodeInvalidRequest, "redirect_uri is required")
+	case !slices.Contains(s.cfg.RedirectURIs, req.RedirectURI):
+		return nil, Errorf(CodeInvalidRequest, "redirect_uri is not allowed")
+	}
+	// A code can be redeemed once: make sure the session can be stored
+	// before spending it, so that a store outage loses nothing.
+	if err := s.cfg.Store.Ping(ctx); err != nil {
+		s.cfg.Metrics.Exchange("store_unavailable")
+		return nil, fmt.Errorf("check store before redeeming the code: %w", err)
+	}
+	d, err := s.provider(ctx)
+	if err != nil {
+		s.cfg.Metrics.Exchange("idp_unavailable")
+		return nil, err
+	}
+	tok, err := s.oauthConfig(d, req.RedirectURI).Exchange(s.clientContext(ctx), req.Code, oauth2.VerifierOption(req.CodeVerifier))
+	if err != nil {
+		if classifyTokenError(err).rejected {
+			s.cfg.Metrics.Exchange("rejected")
+			return nil, wrap(CodeInvalidGrant, err, "the identity provider rejected the code, code_verifier or redirect_uri")
+		}
+		s.cfg.Metrics.Exchange("idp_unavailable")
+		return nil, wrap(CodeIdPUnavailable, redactURLError(err), "the identity provider is unavailable, retry later")
+	}
+	sess, rawID, err := s.verifyExchange(ctx, d, tok, req.Nonce)
+	if err != nil {
+		s.cfg.Metrics.Exchange("rejected")
+		// The IdP issued tokens that the broker will not use: revoke them
+		// rather than leave a live refresh token behind.
+		s.revokeDetached(ctx, d, tok.RefreshToken, "")
+		return nil, err
+	}
+	id, handle, hash, err := newHandle()
+	if err != nil {
+		return nil, fmt.Errorf("new handle: %w", err)
+	}
+	now := s.cfg.Now()
+	sess.ID = id
+	sess.SecretHash = hash
+	sess.ClientID = s.cfg.ClientID
+	sess.CreatedAt = now
+	sess.LastUsedAt = now
+	sess.IdleTimeout = s.cfg.IdleTimeout
+	sess.AbsoluteExpiry = now.Add(s.cfg.MaxLifetime)
+	if sess.Tokens.RefreshToken == "" && !sess.Tokens.Expiry.IsZero() && sess.Tokens.Expiry.Before(sess.AbsoluteExpiry) {
+		// Without a refresh token the session cannot outlive its access
+		// token.
+		sess.AbsoluteExpiry = sess.Tokens.Expiry
+	}
+	sess.IP = req.IP
+	sess.UserAgent = req.UserAgent
+	if err := s.cfg.Store.Create(ctx, sess); err != nil {
+		s.cfg.Metrics.Exchange("store_unavailable")
+		s.revokeDetached(ctx, d, tok.RefreshToken, id)
+		return nil, fmt.Errorf("create session: %w", err)
+	}
+	s.cfg.Metrics.Exchange("ok")
+	s.log.InfoContext(ctx, "session opened", "session_id", id, "sub", sess.Subject, "refreshable", sess.Tokens.RefreshToken != "")
+	return &NewSession{Handle: handle, Session: sess, IDToken: rawID}, nil
+}
+
+// verifyExchange checks the ID token of a code grant (OIDC Core 3.1.3.7)
+// and builds the session's identity and tokens from it.
+func (s *Service) verifyExchange(ctx context.Context, d *idp, tok *oauth2.Token, nonce string) (*Session, string, error) {
+	rawID, _ := tok.Extra("id_token").(string)
+	if rawID == "" {
+		return nil, "", Errorf(CodeInvalidGrant, "the identity provider returned no ID token")
+	}
+	idt, err := d.verifier.Verify(s.clientContext(ctx), rawID)
+	if err != nil {
+		return nil, "", wrap(CodeInvalidGrant, err, "the ID token failed verification")
+	}
+	// OIDC Core 3.1.3.7 step 11: the nonce must equal the one sent in the
+	// authentication request.
+	if nonce != "" && subtle.ConstantTimeCompare([]byte(idt.Nonce), []byte(nonce)) != 1 {
+		return nil, "", Errorf(CodeInvalidGrant, "the ID token's nonce does not match")
+	}
+	// OIDC Core 3.2.2.9: at_hash, when present, binds the access token.
+	if idt.AccessTokenHash != "" {
+		if err := idt.VerifyAccessToken(tok.AccessToken); err != nil {
+			return nil, "", wrap(CodeInvalidGrant, err, "the ID token's at_hash does not match the access token")
+		}
+	}
+	var claims map[string]any
+	if err := idt.Claims(&claims); err != nil {
+		return nil, "", wrap(CodeInvalidGrant, err, "the ID token's claims cannot be read")
+	}
+	sid, _ := claims["sid"].(string)
+	return &Session{
+		Subject: idt.Subject,
+		SID:     sid,
+		Claims:  claims,
+		Tokens:  tokensFrom(tok, rawID),
+	}, rawID, nil
+}
+
+func tokensFrom(tok *oauth2.Token, rawID string) Tokens {
+	return Tokens{
+		AccessToken:  tok.AccessToken,
+		TokenType:    tok.Type(),
+		RefreshToken: tok.RefreshToken,
+		IDToken:      rawID,
+		Expiry:       tok.Expiry,
+	}
+}
+
+// Authenticate resolves a handle to its live session and records the use.
+// Any handle that is malformed, unknown, ended or whose secret does not match
+// gets ErrInvalidToken, so a caller cannot tell these apart.
+func (s *Service) Authenticate(ctx context.Context, handle string) (*Session, error) {
+	id, hash, ok := parseHandle(handle)
+	if !ok {
+		return nil, ErrInvalidToken
+	}
+	sess, err := s.cfg.Store.Get(ctx, id)
+	switch {
+	case errors.Is(err, ErrNotFound):
+		return nil, ErrInvalidToken
+	case err != nil:
+		return nil, fmt.Errorf("get session: %w", err)
+	case !sess.matches(hash):
+		return nil, ErrInvalidToken
+	}
+	now := s.cfg.Now()
+	if sess.Ended(now) {
+		// The store's TTL is a backstop; a clock check ends it exactly.
+		if _, err := s.cfg.Store.Delete(ctx, id); err == nil {
+			s.audit(ctx, AuditEvent{Actor: ActorBroker, Action: ActionExpired, SessionID: id, Subject: sess.Subject, Outcome: OutcomeOK})
+		}
+		return nil, ErrInvalidToken
+	}
+	if now.Sub(sess.LastUsedAt) >= s.cfg.TouchInterval {
+		sess.LastUsedAt = now
+		if err := s.cfg.Store.Touch(ctx, id, now, sess.ExpiresAt()); err != nil {
+			if errors.Is(err, ErrNotFound) {
+				return nil, ErrInvalidToken
+			}
+			// A missed touch costs at most one interval of idle time.
+			s.log.WarnContext(ctx, "recording session use failed", "session_id", id, "error", err)
+		}
+	}
+	return sess, nil
+}
+
+// AccessToken returns a fresh access token for the session of handle,
+// refreshing it first when it has less than RefreshSkew left.
+func (s *Service) AccessToken(ctx context.Context, handle string) (sessionID, accessToken string, err error) {
+	sess, err := s.Authenticate(ctx, handle)
+	if err != nil {
+		return "", "", err
+	}
+	tok, err := s.freshTokens(ctx, sess)
+	if err != nil {
+		return sess.ID, "", err
+	}
+	return sess.ID, tok.AccessToken, nil
+}
+
+// Logout ends the session of handle and revokes its refresh token at the IdP.
+// An unknown or ended handle is not an error: the outcome is the same.
+func (s *Service) Logout(ctx context.Context, handle string) error {
+	id, hash, ok := parseHandle(handle)
+	if !ok {
+		return nil
+	}
+	sess, err := s.cfg.Store.Get(ctx, id)
+	switch {
+	case errors.Is(err, ErrNotFound):
+		return nil
+	case err != nil:
+		return fmt.Errorf("get session: %w", err)
+	case !sess.matches(hash):
+		return nil
+	}
+	_, err = s.end(ctx, id, ActorUser, ActionLogout, "logout")
+	if errors.Is(err, ErrNotFound) {
+		return nil
+	}
+	return err
+}
+
+// end deletes a session, revokes its refresh token at the IdP and audits the
+// outcome. The local end stands whatever the IdP does.
+func (s *Service) end(ctx context.Context, id, actor, action, reason string) (*Session, error) {
+	sess, err := s.cfg.Store.Delete(ctx, id)
+	if err != nil {
+		return nil, fmt.Errorf("delete session: %w", err)
+	}
+	s.cfg.Metrics.Revocation(reason)
+	ev := AuditEvent{Actor: actor, Action: action, SessionID: id, Subject: sess.Subject, Outcome: OutcomeOK}
+	d := s.idp.Load()
+	if revoked, err := s.revoke(context.WithoutCancel(ctx), d, sess.Tokens.RefreshToken); err != nil {
+		ev.Outcome = OutcomeError
+		ev.Detail = "session ended; revocation at the identity provider failed: " + err.Error()
+	} else if revoked {
+		ev.Detail = "refresh token revoked at the identity provider"
+	}
+	s.audit(ctx, ev)
+	s.log.InfoContext(ctx, "session ended", "session_id", id, "sub", sess.Subject, "reason", reason, "actor", actor)
+	return sess, nil
+}
+
+// revokeDetached revokes a token that no session holds, in the background.
+func (s *Service) revokeDetached(ctx context.Context, d *idp, token, sessionID string) {
+	if token == "" || d == nil || d.revocationURL == "" {
+		return
+	}
+	ctx = context.WithoutCancel(ctx)
+	go func() {
+		if _, err := s.revoke(ctx, d, token); err != nil {
+			s.log.Warn("revoking an unused refresh token failed", "session_id", sessionID, "error", err)
+		}
+	}()
+}
+
+// UserInfo fetches the IdP's userinfo response for the session of handle
+// with a fresh access token, as the raw JSON object the IdP returned.
+func (s *Service) UserInfo(ctx context.Context, handle string) ([]byte, error) {
+	sess, err := s.Authenticate(ctx, handle)
+	if err != nil {
+		return nil, err
+	}
+	tok, err := s.freshTokens(ctx, sess)
+	if err != nil {
+		return nil, err
+	}
+	d, err := s.provider(ctx)
+	if err != nil {
+		return nil, err
+	}
+	ts := oauth2.StaticTokenSource(&oauth2.Token{AccessToken: tok.AccessToken, TokenType: "Bearer"})
+	ctx, cancel := context.WithTimeout(ctx, s.cfg.IdPTimeout)
+	defer cancel()
+	info, err := d.provider.UserInfo(s.clientContext(ctx), ts)
+	if err != nil {
+		return nil, wrap(CodeIdPUnavailable, redactURLError(err), "the identity provider's userinfo endpoint failed")
+	}
+	var raw rawJSON
+	if err := info.Claims(&raw); err != nil {
+		return nil, wrap(CodeIdPUnavailable, err, "the identity provider's userinfo response cannot be read")
+	}
+	return raw, nil
+}
+
+// rawJSON keeps a JSON value as it came.
+type rawJSON []byte
+
+func (r *rawJSON) UnmarshalJSON(b []byte) error {
+	*r = append((*r)[:0], b...)
+	return nil
+}
+
+func (s *Service) audit(ctx context.Context, e AuditEvent) {
+	if e.Time.IsZero() {
+		e.Time = s.cfg.Now()
+	}
+	s.log.InfoContext(ctx, "audit", "actor", e.Actor, "action", e.Action, "session_id", e.SessionID, "sub", e.Subject, "outcome", e.Outcome, "detail", e.Detail)
+	if s.cfg.Audit == nil {
+		return
+	}
+	if err := s.cfg.Audit.Append(context.WithoutCancel(ctx), e); err != nil {
+		s.log.WarnContext(ctx, "appending to the audit trail failed", "action", e.Action, "session_id", e.SessionID, "error", err)
+	}
+}

@@ -1,0 +1,127 @@
+package broker
+
+import (
+	"crypto/rand"
+	"crypto/sha256"
+	"crypto/subtle"
+	"encoding/base64"
+	"strings"
+	"time"
+)
+
+// Session is one signed-in app installation: the tokens the IdP issued, held
+// server-side, and what the admin API shows about it.
+type Session struct {
+	// ID is the public session id: 128 random bits, base64url. It names the
+	// session in logs, the admin API and the store, and is not a credential.
+	ID string
+	// SecretHash is SHA-256 of the secret part of the handle. The handle
+	// itself is never stored.
+	SecretHash []byte
+	// Subject is the ID token's sub; SID its sid (OIDC session), if any.
+	Subject string
+	SID     string
+	// ClientID is the OAuth client the app authorized with.
+	ClientID string
+	// Claims are the ID token's claims, shown to the app as "user".
+	Claims map[string]any
+	// Tokens are encrypted at rest by the store.
+	Tokens Tokens
+
+	CreatedAt  time.Time
+	LastUsedAt time.Time
+	// AbsoluteExpiry is when the session ends, used or not.
+	AbsoluteExpiry time.Time
+	// IdleTimeout is how long the session survives without use.
+	IdleTimeout time.Duration
+
+	// IP and UserAgent are those of the request that opened the session.
+	IP        string
+	UserAgent string
+}
+
+// ExpiresAt is when the session ends if unused from now on: the earlier of its
+// absolute end and its idle end as of the last recorded use.
+func (s *Session) ExpiresAt() time.Time {
+	idle := s.LastUsedAt.Add(s.IdleTimeout)
+	if s.AbsoluteExpiry.Before(idle) {
+		return s.AbsoluteExpiry
+	}
+	return idle
+}
+
+// Ended reports whether the session is over at now.
+func (s *Session) Ended(now time.Time) bool {
+	return !now.Before(s.ExpiresAt())
+}
+
+// Tokens are the IdP's tokens of a session.
+type Tokens struct {
+	AccessToken  string
+	TokenType    string
+	RefreshToken string
+	IDToken      string
+	// Expiry of the access token; zero when the IdP gave none.
+	Expiry time.Time
+}
+
+// Handles.
+//
+// A handle is "<session id>.<secret>": the id selects the stored record in one
+// lookup and the 256-bit secret is verified against its stored SHA-256 in
+// constant time. The id alone (shown to admins and in logs) is not a
+// credential, and a copy of the store holds no usable handle.
+const (
+	idBytes     = 16
+	secretBytes = 32
+)
+
+var (
+	idLen     = base64.RawURLEncoding.EncodedLen(idBytes)
+	secretLen = base64.RawURLEncoding.EncodedLen(secretBytes)
+)
+
+// newHandle returns a fresh session id, handle and the hash of its secret.
+func newHandle() (id, handle string, secretHash []byte, err error) {
+	buf := make([]byte, idBytes+secretBytes)
+	if _, err := rand.Read(buf); err != nil {
+		return "", "", nil, err
+	}
+	id = base64.RawURLEncoding.EncodeToString(buf[:idBytes])
+	secret := base64.RawURLEncoding.EncodeToString(buf[idBytes:])
+	sum := sha256.Sum256([]byte(secret))
+	return id, id + "." + secret, sum[:], nil
+}
+
+// parseHandle splits a handle into its session id and secret hash. It reports
+// false for anything that is not shaped like a handle.
+func parseHandle(handle string) (id string, secretHash []byte, ok bool) {
+	id, secret, found := strings.Cut(handle, ".")
+	if !found || len(id) != idLen || len(secret) != secretLen {
+		return "", nil, false
+	}
+	if _, err := base64.RawURLEncoding.DecodeString(id); err != nil {
+		return "", nil, false
+	}
+	if _, err := base64.RawURLEncoding.DecodeString(secret); err != nil {
+		return "", nil, false
+	}
+	sum := sha256.Sum256([]byte(secret))
+	return id, sum[:], true
+}
+
+// ValidSessionID reports whether id has the shape of a session id, so that
+// adapters can reject garbage before a store lookup.
+func ValidSessionID(id string) bool {
+	if len(id) != idLen {
+		return false
+	}
+	_, err := base64.RawURLEncoding.DecodeString(id)
+	return err == nil
+}
+
+// matches compares the stored secret hash with the presented one in constant
+// time.
+func (s *Session) matches(secretHash []byte) bool {
+	return len(s.SecretHash) == len(secretHash) && subtle.ConstantTimeCompare(s.SecretHash, secretHash) == 1
+}

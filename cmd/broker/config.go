@@ -1,0 +1,243 @@
+package main
+
+import (
+	"errors"
+	"fmt"
+	"net/netip"
+	"net/url"
+	"reflect"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/caarlos0/env/v11"
+
+	"github.com/mobile-token-broker/broker/handlers"
+	"github.com/mobile-token-broker/broker/sessions"
+)
+
+// config is every setting of the contract, read from the environment.
+type config struct {
+	Listen          string       `env:"BROKER_LISTEN" envDefault:":8080"`
+	AdminListen     string       `env:"BROKER_ADMIN_LISTEN" envDefault:"127.0.0.1:9090"`
+	RedisURL        string       `env:"BROKER_REDIS_URL"`
+	Issuer          string       `env:"BROKER_OIDC_ISSUER,required,notEmpty"`
+	ClientID        string       `env:"BROKER_OIDC_CLIENT_ID,required,notEmpty"`
+	ClientSecret    string       `env:"BROKER_OIDC_CLIENT_SECRET"`
+	RedirectURIs    redirectURIs `env:"BROKER_REDIRECT_URIS,required,notEmpty"`
+	Routes          routes       `env:"BROKER_ROUTES,required,notEmpty"`
+	EncryptionKeys  keyring      `env:"BROKER_ENCRYPTION_KEYS"`
+	AdminTokens     string       `env:"BROKER_ADMIN_TOKENS"`
+	IdleTimeout     duration     `env:"BROKER_SESSION_IDLE_TIMEOUT" envDefault:"720h"`
+	MaxLifetime     duration     `env:"BROKER_SESSION_MAX_LIFETIME" envDefault:"2160h"`
+	RefreshSkew     duration     `env:"BROKER_REFRESH_SKEW" envDefault:"10s"`
+	UpstreamTimeout duration     `env:"BROKER_UPSTREAM_TIMEOUT" envDefault:"30s"`
+	TrustedProxies  trustedCIDRs `env:"BROKER_TRUSTED_PROXIES"`
+	RateExchange    rateLimit    `env:"BROKER_RATE_LIMIT_EXCHANGE" envDefault:"10/s"`
+	RateInvalid     rateLimit    `env:"BROKER_RATE_LIMIT_INVALID" envDefault:"20/s"`
+}
+
+// envNames lists every variable the broker reads, so that run can take a
+// getenv function instead of the process environment.
+func envNames() []string {
+	t := reflect.TypeFor[config]()
+	names := make([]string, 0, t.NumField())
+	for i := range t.NumField() {
+		name, _, _ := strings.Cut(t.Field(i).Tag.Get("env"), ",")
+		names = append(names, name)
+	}
+	return names
+}
+
+// envName returns the variable of a config field.
+func envName(field string) string {
+	f, ok := reflect.TypeFor[config]().FieldByName(field)
+	if !ok {
+		return field
+	}
+	name, _, _ := strings.Cut(f.Tag.Get("env"), ",")
+	return name
+}
+
+// loadConfig reads and validates the configuration. It reports every
+// problem at once, one line each, naming the variable; values are never
+// echoed, since some are secrets.
+func loadConfig(getenv func(string) string, requireKeys bool) (*config, error) {
+	environ := map[string]string{}
+	for _, name := range envNames() {
+		if v := getenv(name); v != "" {
+			environ[name] = v
+		}
+	}
+	var cfg config
+	var problems []string
+	invalid := map[string]bool{}
+	if err := env.ParseWithOptions(&cfg, env.Options{Environment: environ}); err != nil {
+		var agg env.AggregateError
+		if !errors.As(err, &agg) {
+			return nil, err
+		}
+		for _, e := range agg.Errors {
+			name, problem := describeEnvError(e)
+			invalid[name] = true
+			problems = append(problems, problem)
+		}
+	}
+	if cfg.RedisURL == "" {
+		problems = append(problems, "BROKER_REDIS_URL is required (use `broker dev` for an embedded development store)")
+	} else if _, err := sessions.NewClient(cfg.RedisURL); err != nil {
+		problems = append(problems, "BROKER_REDIS_URL is not a valid redis:// or rediss:// URL")
+	}
+	if requireKeys && cfg.EncryptionKeys.Keyring == nil && environ["BROKER_ENCRYPTION_KEYS"] == "" {
+		problems = append(problems, "BROKER_ENCRYPTION_KEYS is required: comma-separated KEYID:BASE64(32 bytes)")
+	}
+	for _, d := range []struct {
+		field string
+		v     time.Duration
+	}{
+		{"IdleTimeout", time.Duration(cfg.IdleTimeout)},
+		{"MaxLifetime", time.Duration(cfg.MaxLifetime)},
+		{"RefreshSkew", time.Duration(cfg.RefreshSkew)},
+		{"UpstreamTimeout", time.Duration(cfg.UpstreamTimeout)},
+	} {
+		if name := envName(d.field); environ[name] != "" && !invalid[name] && d.v <= 0 {
+			problems = append(problems, envName(d.field)+" must be a positive duration such as 30s or 720h")
+		}
+	}
+	if cfg.Issuer != "" {
+		if u, err := url.Parse(cfg.Issuer); err != nil || (u.Scheme != "https" && u.Scheme != "http") || u.Host == "" {
+			problems = append(problems, "BROKER_OIDC_ISSUER must be an absolute http(s) URL")
+		}
+	}
+	if len(problems) > 0 {
+		return nil, &configError{problems: problems}
+	}
+	return &cfg, nil
+}
+
+// configError lists every configuration problem, one per line.
+type configError struct {
+	problems []string
+}
+
+func (e *configError) Error() string {
+	return "invalid configuration:\n  " + strings.Join(e.problems, "\n  ")
+}
+
+// describeEnvError names the variable of a parse error and says what is
+// wrong with it on one line.
+func describeEnvError(err error) (name, problem string) {
+	var notSet env.VarIsNotSetError
+	var empty env.EmptyVarError
+	var parse env.ParseError
+	switch {
+	case errors.As(err, &notSet):
+		return notSet.Key, notSet.Key + " is required"
+	case errors.As(err, &empty):
+		return empty.Key, empty.Key + " is required and must not be empty"
+	case errors.As(err, &parse):
+		name = envName(parse.Name)
+		return name, name + " is invalid: " + strings.ReplaceAll(parse.Err.Error(), "\n", "; ")
+	}
+	return "", err.Error()
+}
+
+// The types below parse one variable each; their errors never include the
+// value, which may be a secret.
+
+type duration time.Duration
+
+func (d duration) String() string { return time.Duration(d).String() }
+
+func (d *duration) UnmarshalText(b []byte) error {
+	v, err := time.ParseDuration(string(b))
+	if err != nil {
+		return errors.New("not a duration such as 30s, 15m or 720h")
+	}
+	*d = duration(v)
+	return nil
+}
+
+type redirectURIs []string
+
+func (r *redirectURIs) UnmarshalText(b []byte) error {
+	var out []string
+	for _, raw := range strings.Split(string(b), ",") {
+		raw = strings.TrimSpace(raw)
+		if raw == "" {
+			continue
+		}
+		u, err := url.Parse(raw)
+		if err != nil || u.Scheme == "" || u.Fragment != "" {
+			// RFC 6749 section 3.1.2: an absolute URI without fragment.
+			return fmt.Errorf("%q is not an absolute URI without fragment", raw)
+		}
+		out = append(out, raw)
+	}
+	if len(out) == 0 {
+		return errors.New("no redirect URI given")
+	}
+	*r = out
+	return nil
+}
+
+type routes []handlers.Route
+
+func (r *routes) UnmarshalText(b []byte) error {
+	v, err := handlers.ParseRoutes(string(b))
+	if err != nil {
+		return err
+	}
+	*r = v
+	return nil
+}
+
+type trustedCIDRs []netip.Prefix
+
+func (t *trustedCIDRs) UnmarshalText(b []byte) error {
+	v, err := handlers.ParseTrustedProxies(string(b))
+	if err != nil {
+		return err
+	}
+	*t = v
+	return nil
+}
+
+type keyring struct{ *sessions.Keyring }
+
+func (k *keyring) UnmarshalText(b []byte) error {
+	v, err := sessions.ParseKeyring(string(b))
+	if err != nil {
+		return err
+	}
+	k.Keyring = v
+	return nil
+}
+
+// rateLimit is "N/s" or "N/m"; 0 turns the limit off.
+type rateLimit struct {
+	N   int
+	Per time.Duration
+}
+
+func (r *rateLimit) UnmarshalText(b []byte) error {
+	s := strings.TrimSpace(string(b))
+	if s == "0" {
+		*r = rateLimit{}
+		return nil
+	}
+	n, unit, ok := strings.Cut(s, "/")
+	v, err := strconv.Atoi(n)
+	if !ok || err != nil || v <= 0 {
+		return errors.New(`must be N/s, N/m or 0, for example "10/s"`)
+	}
+	switch unit {
+	case "s":
+		*r = rateLimit{N: v, Per: time.Second}
+	case "m":
+		*r = rateLimit{N: v, Per: time.Minute}
+	default:
+		return errors.New(`must be N/s, N/m or 0, for example "10/s"`)
+	}
+	return nil
+}

@@ -1,0 +1,168 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/mobile-token-broker/broker/broker"
+	"github.com/mobile-token-broker/broker/handlers"
+	"github.com/mobile-token-broker/broker/migrations"
+	"github.com/mobile-token-broker/broker/sessions"
+)
+
+// shutdownGrace is how long requests in flight may take after SIGTERM.
+const shutdownGrace = 30 * time.Second
+
+// hooks let tests observe and steer a broker run; production passes nil.
+type hooks struct {
+	// listening receives the bound public and admin addresses.
+	listening func(public, admin string)
+	// now replaces the wall clock.
+	now func() time.Time
+}
+
+func serve(ctx context.Context, getenv func(string) string, _, stderr io.Writer, h *hooks) error {
+	cfg, err := loadConfig(getenv, true)
+	if err != nil {
+		return err
+	}
+	log := slog.New(slog.NewJSONHandler(stderr, nil))
+	rdb, err := sessions.NewClient(cfg.RedisURL)
+	if err != nil {
+		return fmt.Errorf("BROKER_REDIS_URL: %w", err)
+	}
+	defer rdb.Close()
+	if err := checkSchema(ctx, rdb, log); err != nil {
+		return err
+	}
+	return runBroker(ctx, cfg, rdb, cfg.EncryptionKeys.Keyring, log, h)
+}
+
+// checkSchema refuses a store whose key layout is not the one this broker
+// knows, waiting a little for a store that is still starting.
+func checkSchema(ctx context.Context, rdb redis.UniversalClient, log *slog.Logger) error {
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		err := migrations.Check(ctx, rdb)
+		if err == nil || errors.Is(err, migrations.ErrStoreOlder) || errors.Is(err, migrations.ErrStoreNewer) || time.Now().After(deadline) {
+			return err
+		}
+		log.Warn("session store not reachable yet, retrying", "error", err)
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(time.Second):
+		}
+	}
+}
+
+// runBroker wires the broker and serves until ctx ends, then shuts down
+// gracefully.
+func runBroker(ctx context.Context, cfg *config, rdb redis.UniversalClient, keys *sessions.Keyring, log *slog.Logger, h *hooks) error {
+	if h == nil {
+		h = &hooks{}
+	}
+	if h.now == nil {
+		h.now = time.Now
+	}
+	store := sessions.New(rdb, keys, sessions.Options{Now: h.now})
+	svc, err := broker.New(broker.Config{
+		Issuer:       cfg.Issuer,
+		ClientID:     cfg.ClientID,
+		ClientSecret: cfg.ClientSecret,
+		RedirectURIs: cfg.RedirectURIs,
+		IdleTimeout:  time.Duration(cfg.IdleTimeout),
+		MaxLifetime:  time.Duration(cfg.MaxLifetime),
+		RefreshSkew:  time.Duration(cfg.RefreshSkew),
+		Store:        store,
+		Locker:       store,
+		Audit:        store,
+		Logger:       log,
+		Now:          h.now,
+	})
+	if err != nil {
+		return err
+	}
+	proxy, err := handlers.NewProxy(handlers.ProxyConfig{
+		Routes:          cfg.Routes,
+		Tokens:          svc,
+		UpstreamTimeout: time.Duration(cfg.UpstreamTimeout),
+		TrustedProxies:  cfg.TrustedProxies,
+		Logger:          log,
+	})
+	if err != nil {
+		return err
+	}
+	srv, err := handlers.New(handlers.Config{
+		Service:        svc,
+		Proxy:          proxy,
+		TrustedProxies: cfg.TrustedProxies,
+		Ping:           store.Ping,
+		Logger:         log,
+	})
+	if err != nil {
+		return err
+	}
+	if cfg.AdminTokens == "" {
+		log.Warn("BROKER_ADMIN_TOKENS is not set: every /admin/v1/ call will get 401")
+	}
+
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	go svc.DiscoverUntilReady(ctx)
+
+	public, err := net.Listen("tcp", cfg.Listen)
+	if err != nil {
+		return fmt.Errorf("BROKER_LISTEN: %w", err)
+	}
+	admin, err := net.Listen("tcp", cfg.AdminListen)
+	if err != nil {
+		public.Close()
+		return fmt.Errorf("BROKER_ADMIN_LISTEN: %w", err)
+	}
+	if h.listening != nil {
+		h.listening(public.Addr().String(), admin.Addr().String())
+	}
+	servers := []*http.Server{newHTTPServer(srv.Public, log), newHTTPServer(srv.Admin, log)}
+	errc := make(chan error, 2)
+	for i, l := range []net.Listener{public, admin} {
+		go func() { errc <- servers[i].Serve(l) }()
+	}
+	log.Info("broker listening", "public", public.Addr().String(), "admin", admin.Addr().String(), "issuer", cfg.Issuer, "routes", len(cfg.Routes))
+
+	select {
+	case <-ctx.Done():
+	case err := <-errc:
+		cancel()
+		return fmt.Errorf("listener stopped: %w", err)
+	}
+	log.Info("shutting down, finishing requests in flight", "grace", shutdownGrace)
+	sctx, scancel := context.WithTimeout(context.WithoutCancel(ctx), shutdownGrace)
+	defer scancel()
+	var errs []error
+	for _, s := range servers {
+		if err := s.Shutdown(sctx); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	return errors.Join(errs...)
+}
+
+func newHTTPServer(h http.Handler, log *slog.Logger) *http.Server {
+	return &http.Server{
+		Handler: h,
+		// No write timeout: proxied responses stream for as long as the
+		// upstream sends.
+		ReadHeaderTimeout: 10 * time.Second,
+		IdleTimeout:       120 * time.Second,
+		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
+	}
+}

@@ -1,0 +1,428 @@
+package handlers
+
+import (
+	"cmp"
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/http/httputil"
+	"net/netip"
+	"net/url"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/labstack/echo/v4"
+
+	"github.com/mobile-token-broker/broker/broker"
+)
+
+// Route maps a path prefix of the public listener to an upstream base URL.
+type Route struct {
+	// Prefix is matched on whole segments of the path as the client sent it.
+	Prefix string
+	// Upstream is the base URL the rest of the path is appended to.
+	Upstream *url.URL
+}
+
+// reservedPrefix belongs to the broker's own API; a route there would shadow
+// it.
+const reservedPrefix = "/v1"
+
+// ParseRoutes parses BROKER_ROUTES: comma-separated PREFIX=UPSTREAM_URL
+// entries, for example "/api/orders=http://orders:8080,/api/users=https://users.internal/v2".
+// Blank entries are skipped; every bad entry is reported, each by name.
+//
+// A prefix starts with "/", has no trailing "/", no empty, "." or ".."
+// segment, and uses only RFC 3986 unreserved characters (section 2.3): it is
+// compared with the path as sent and registered as an Echo route, and those
+// characters are never escaped by clients nor read as syntax by Echo's router
+// (which gives ":" and "*" a meaning). "/" alone is refused, since it would
+// capture every path, and so are /v1 and everything under it, the broker's
+// own API. An upstream is an absolute http or https URL with a host and no
+// user info, query or fragment.
+func ParseRoutes(spec string) ([]Route, error) {
+	var (
+		routes []Route
+		errs   []error
+	)
+	seen := make(map[string]bool)
+	for entry := range strings.SplitSeq(spec, ",") {
+		entry = strings.TrimSpace(entry)
+		if entry == "" {
+			continue
+		}
+		prefix, raw, ok := strings.Cut(entry, "=")
+		if !ok {
+			errs = append(errs, fmt.Errorf("route %q: want PREFIX=UPSTREAM_URL", entry))
+			continue
+		}
+		prefix, raw = strings.TrimSpace(prefix), strings.TrimSpace(raw)
+		u, err := url.Parse(raw)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("route with prefix %q: upstream is not a URL", prefix))
+			continue
+		}
+		// The entry is named with its upstream redacted: user info is refused
+		// below, but a password must not reach the error message either.
+		name := prefix + "=" + u.Redacted()
+		if err := errors.Join(checkPrefix(prefix), checkUpstream(u)); err != nil {
+			errs = append(errs, fmt.Errorf("route %q: %w", name, err))
+			continue
+		}
+		if seen[prefix] {
+			errs = append(errs, fmt.Errorf("route %q: prefix %q is configured twice", name, prefix))
+			continue
+		}
+		seen[prefix] = true
+		routes = append(routes, Route{Prefix: prefix, Upstream: u})
+	}
+	if len(routes) == 0 && len(errs) == 0 {
+		errs = append(errs, errors.New("no route configured"))
+	}
+	if err := errors.Join(errs...); err != nil {
+		return nil, err
+	}
+	return routes, nil
+}
+
+func checkPrefix(prefix string) error {
+	switch {
+	case !strings.HasPrefix(prefix, "/"):
+		return errors.New(`prefix must start with "/"`)
+	case prefix == "/":
+		return errors.New(`prefix "/" would capture every path, the broker's own included`)
+	case strings.HasSuffix(prefix, "/"):
+		return errors.New(`prefix must not end with "/"`)
+	case prefix == reservedPrefix || strings.HasPrefix(prefix, reservedPrefix+"/"):
+		return fmt.Errorf("prefix %s is reserved for the broker's API", reservedPrefix)
+	}
+	for seg := range strings.SplitSeq(prefix[1:], "/") {
+		if seg == "" || seg == "." || seg == ".." {
+			return fmt.Errorf("prefix has an empty, %q or %q segment", ".", "..")
+		}
+		if i := strings.IndexFunc(seg, func(r rune) bool { return !isUnreserved(r) }); i >= 0 {
+			return fmt.Errorf("prefix may hold only letters, digits and %q, not %q", "-._~", seg[i:i+1])
+		}
+	}
+	return nil
+}
+
+// isUnreserved reports whether r is an RFC 3986 section 2.3 unreserved
+// character: ALPHA / DIGIT / "-" / "." / "_" / "~".
+func isUnreserved(r rune) bool {
+	return 'a' <= r && r <= 'z' || 'A' <= r && r <= 'Z' || '0' <= r && r <= '9' ||
+		r == '-' || r == '.' || r == '_' || r == '~'
+}
+
+func checkUpstream(u *url.URL) error {
+	switch {
+	case u == nil:
+		return errors.New("upstream is missing")
+	case u.Scheme != "http" && u.Scheme != "https":
+		return errors.New("upstream must be an absolute http or https URL")
+	case u.Host == "" || u.Opaque != "":
+		return errors.New("upstream has no host")
+	case u.User != nil:
+		// The broker sets Authorization itself; credentials in the URL would
+		// be silently dropped.
+		return errors.New("upstream must not hold user info")
+	case u.RawQuery != "" || u.ForceQuery:
+		return errors.New("upstream must not have a query")
+	case u.Fragment != "" || u.RawFragment != "":
+		return errors.New("upstream must not have a fragment")
+	}
+	return nil
+}
+
+// AccessTokens gives the proxy the access token of a session.
+type AccessTokens interface {
+	// AccessToken returns the id and a currently valid access token of the
+	// session with the given handle, refreshing the token first when it is
+	// about to expire. A malformed (empty included), unknown or ended handle
+	// yields an error with broker.CodeInvalidToken; other failures carry
+	// their contract code (idp_unavailable, store_unavailable...). Errors are
+	// rendered to the client as they are.
+	AccessToken(ctx context.Context, handle string) (sessionID, accessToken string, err error)
+}
+
+// DefaultUpstreamTimeout is how long an upstream has to send its response
+// headers when ProxyConfig.UpstreamTimeout is zero (the contract's default).
+const DefaultUpstreamTimeout = 30 * time.Second
+
+// ProxyConfig configures NewProxy.
+type ProxyConfig struct {
+	// Routes are the route prefixes and their upstreams; at least one.
+	Routes []Route
+	// Tokens turns a session handle into an access token.
+	Tokens AccessTokens
+	// UpstreamTimeout is the time an upstream has to send its response
+	// headers; zero means DefaultUpstreamTimeout. The body may take longer:
+	// responses are streamed. It applies to the default transport only.
+	UpstreamTimeout time.Duration
+	// TrustedProxies are the peers whose X-Forwarded-* headers are kept.
+	TrustedProxies []netip.Prefix
+	// Logger receives upstream failures; nil means slog.Default().
+	Logger *slog.Logger
+	// Transport carries requests to the upstreams. Nil means one transport
+	// shared by every route, so that connections are pooled and reused: a
+	// clone of http.DefaultTransport with 5s dial and TLS handshake
+	// timeouts, UpstreamTimeout as response header timeout, up to 1024 idle
+	// connections (256 per host) kept for 90s, and HTTP/2 when offered.
+	Transport http.RoundTripper
+}
+
+// Proxy is the reverse proxy of the configured routes: it swaps the app's
+// session handle for the session's access token and streams the request to
+// the route's upstream and the response back.
+type Proxy struct {
+	routes  []Route // longest prefix first, so the first match wins
+	tokens  AccessTokens
+	trusted []netip.Prefix
+	log     *slog.Logger
+	rp      *httputil.ReverseProxy
+}
+
+// NewProxy validates cfg and builds the proxy.
+func NewProxy(cfg ProxyConfig) (*Proxy, error) {
+	var errs []error
+	if len(cfg.Routes) == 0 {
+		errs = append(errs, errors.New("proxy: no route configured"))
+	}
+	seen := make(map[string]bool)
+	for _, r := range cfg.Routes {
+		if err := errors.Join(checkPrefix(r.Prefix), checkUpstream(r.Upstream)); err != nil {
+			errs = append(errs, fmt.Errorf("proxy: route %q: %w", r.Prefix, err))
+		}
+		if seen[r.Prefix] {
+			errs = append(errs, fmt.Errorf("proxy: route %q is configured twice", r.Prefix))
+		}
+		seen[r.Prefix] = true
+	}
+	if cfg.Tokens == nil {
+		errs = append(errs, errors.New("proxy: an access token source is required"))
+	}
+	if cfg.UpstreamTimeout < 0 {
+		errs = append(errs, errors.New("proxy: upstream timeout must not be negative"))
+	}
+	if err := errors.Join(errs...); err != nil {
+		return nil, err
+	}
+	if cfg.UpstreamTimeout == 0 {
+		cfg.UpstreamTimeout = DefaultUpstreamTimeout
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	if cfg.Transport == nil {
+		cfg.Transport = newTransport(cfg.UpstreamTimeout)
+	}
+
+	routes := slices.Clone(cfg.Routes)
+	slices.SortStableFunc(routes, func(a, b Route) int { return cmp.Compare(len(b.Prefix), len(a.Prefix)) })
+	p := &Proxy{
+		routes:  routes,
+		tokens:  cfg.Tokens,
+		trusted: slices.Clone(cfg.TrustedProxies),
+		log:     cfg.Logger,
+	}
+	p.rp = &httputil.ReverseProxy{
+		Rewrite:   p.rewrite,
+		Transport: cfg.Transport,
+		// Negative: flush after every write, so that streamed responses
+		// (server-sent events, long polls, chunked downloads) reach the app
+		// as the upstream produces them.
+		FlushInterval: -1,
+		ErrorHandler:  p.upstreamError,
+		ErrorLog:      slog.NewLogLogger(cfg.Logger.Handler(), slog.LevelWarn),
+	}
+	return p, nil
+}
+
+// newTransport is the one transport shared by every route.
+func newTransport(responseHeaderTimeout time.Duration) *http.Transport {
+	var t *http.Transport
+	if dt, ok := http.DefaultTransport.(*http.Transport); ok {
+		t = dt.Clone()
+	} else {
+		t = &http.Transport{Proxy: http.ProxyFromEnvironment}
+	}
+	t.DialContext = (&net.Dialer{Timeout: 5 * time.Second, KeepAlive: 30 * time.Second}).DialContext
+	t.TLSHandshakeTimeout = 5 * time.Second
+	t.ResponseHeaderTimeout = responseHeaderTimeout
+	t.MaxIdleConns = 1024
+	t.MaxIdleConnsPerHost = 256
+	t.IdleConnTimeout = 90 * time.Second
+	t.ForceAttemptHTTP2 = true
+	return t
+}
+
+// Routes returns the configured routes, longest prefix first.
+func (p *Proxy) Routes() []Route {
+	return slices.Clone(p.routes)
+}
+
+// Match returns the route whose prefix matches escapedPath on whole segments
+// ("/api" matches "/api" and "/api/x", never "/apix"), the longest one when
+// several do, and the rest of the path after the prefix, still escaped.
+func (p *Proxy) Match(escapedPath string) (route Route, tail string, ok bool) {
+	for _, r := range p.routes {
+		rest, found := strings.CutPrefix(escapedPath, r.Prefix)
+		if found && (rest == "" || rest[0] == '/') {
+			return r, rest, true
+		}
+	}
+	return Route{}, "", false
+}
+
+// target is what the handler hands to rewrite and upstreamError through the
+// request context: ReverseProxy is built once and shared, so per-request data
+// cannot live on it.
+type target struct {
+	route       Route
+	path        string // outbound path, decoded
+	rawPath     string // outbound path, escaped as the client sent it
+	sessionID   string
+	accessToken string
+}
+
+type targetKey struct{}
+
+// Handler is the Echo handler of every route prefix.
+func (p *Proxy) Handler(c echo.Context) error {
+	r, w := c.Request(), c.Response()
+	escaped := r.URL.EscapedPath()
+	route, tail, ok := p.Match(escaped)
+	if !ok {
+		writeError(w, broker.Errorf(broker.CodeNotFound, "no route for this path"))
+		return nil
+	}
+	// The path is checked before the handle so that a hostile path costs no
+	// store lookup and no token refresh.
+	decoded, err := checkTail(tail)
+	if err != nil {
+		writeError(w, err)
+		return nil
+	}
+	handle, present := bearer(r)
+	if !present {
+		writeError(w, errNoHandle)
+		return nil
+	}
+	sessionID, token, err := p.tokens.AccessToken(r.Context(), handle)
+	if err != nil {
+		if broker.ErrorCode(err) == broker.CodeInternal {
+			p.log.ErrorContext(r.Context(), "access token lookup failed", "route", route.Prefix, "error", err)
+		}
+		writeError(w, err)
+		return nil
+	}
+	c.Set(ctxSessionID, sessionID)
+	path, rawPath := joinPath(route.Upstream, decoded, tail)
+	ctx := context.WithValue(r.Context(), targetKey{}, &target{
+		route:       route,
+		path:        path,
+		rawPath:     rawPath,
+		sessionID:   sessionID,
+		accessToken: token,
+	})
+	p.rp.ServeHTTP(w, r.WithContext(ctx))
+	return nil
+}
+
+// errUnsafePath answers a path that could step outside the route.
+var errUnsafePath = broker.Errorf(broker.CodeInvalidRequest, "the request path is not allowed")
+
+// checkTail validates the escaped path after a route prefix and returns it
+// decoded. The upstream resolves the path itself, so a segment that it could
+// read as a step upwards would let the app reach paths outside the route's
+// base: RFC 3986 section 5.2.4 removes "." and ".." segments, and section 2.3
+// makes %2E equivalent to ".", so a server may decode it first; hence the
+// check after decoding.
+// A segment that decodes to "/" or "\" would be split into new segments by
+// servers that decode first (and "\" is a separator on some), so encoded
+// separators are refused too. Servlet containers drop ";" path parameters
+// (section 3.3) before resolving dot segments, so "..;x" counts as "..".
+func checkTail(escaped string) (string, error) {
+	if escaped == "" {
+		return "", nil
+	}
+	var b strings.Builder
+	for seg := range strings.SplitSeq(escaped[1:], "/") {
+		dec, err := url.PathUnescape(seg)
+		if err != nil {
+			return "", broker.Errorf(broker.CodeInvalidRequest, "the request path has an invalid escape")
+		}
+		name, _, _ := strings.Cut(dec, ";")
+		if name == "." || name == ".." || strings.ContainsAny(dec, `/\`) {
+			return "", errUnsafePath
+		}
+		b.WriteByte('/')
+		b.WriteString(dec)
+	}
+	return b.String(), nil
+}
+
+// joinPath appends the tail of the inbound path to the upstream's path, in
+// both the decoded and the escaped form so that the escapes the client sent
+// (such as %20) reach the upstream unchanged. An empty tail keeps the
+// upstream's path as it is.
+func joinPath(base *url.URL, tail, escapedTail string) (path, rawPath string) {
+	if escapedTail == "" {
+		return base.Path, base.RawPath
+	}
+	path, rawPath = base.Path, base.EscapedPath()
+	if strings.HasSuffix(rawPath, "/") {
+		path, rawPath = path[:len(path)-1], rawPath[:len(rawPath)-1]
+	}
+	return path + tail, rawPath + escapedTail
+}
+
+// rewrite turns the inbound request into the upstream request. ReverseProxy
+// has already removed the hop-by-hop headers, those named by Connection
+// included (RFC 9110 section 7.6.1), as well as Forwarded (RFC 7239) and
+// X-Forwarded-*; setForwarded sets the latter again.
+func (p *Proxy) rewrite(pr *httputil.ProxyRequest) {
+	t := pr.In.Context().Value(targetKey{}).(*target)
+	up := t.route.Upstream
+	pr.Out.URL = &url.URL{
+		Scheme:   up.Scheme,
+		Host:     up.Host,
+		Path:     t.path,
+		RawPath:  t.rawPath,
+		RawQuery: pr.Out.URL.RawQuery,
+	}
+	pr.Out.Host = up.Host
+	// Set replaces every Authorization header: the handle must never reach
+	// an upstream.
+	pr.Out.Header.Set("Authorization", "Bearer "+t.accessToken)
+	setForwarded(pr.Out, pr.In, p.trusted)
+}
+
+// errUpstreamUnavailable is the answer when no response came from upstream.
+var errUpstreamUnavailable = broker.Errorf(broker.CodeUpstreamUnavailable, "the upstream API could not be reached")
+
+// upstreamError is called when the upstream gave no response: it could not
+// be dialled, the TLS handshake failed, or the response headers did not come
+// within the upstream timeout.
+func (p *Proxy) upstreamError(w http.ResponseWriter, r *http.Request, err error) {
+	if r.Context().Err() != nil || errors.Is(err, context.Canceled) {
+		// The app went away; there is no one to answer.
+		return
+	}
+	var prefix, sessionID string
+	if t, ok := r.Context().Value(targetKey{}).(*target); ok {
+		prefix, sessionID = t.route.Prefix, t.sessionID
+	}
+	// A *url.Error repeats the URL, whose query is the app's business and
+	// does not belong in the logs.
+	var ue *url.Error
+	if errors.As(err, &ue) {
+		err = ue.Err
+	}
+	p.log.WarnContext(r.Context(), "upstream unavailable", "route", prefix, "session_id", sessionID, "error", err)
+	writeError(w, errUpstreamUnavailable)
+}

@@ -1,0 +1,110 @@
+// Package handlers is the HTTP edge of the broker: Echo routes, request
+// parsing, the one error renderer, the reverse proxy, and the admin and probe
+// endpoints. It turns requests into calls of the broker package and broker
+// errors into the contract's responses.
+package handlers
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"net/http"
+	"net/netip"
+	"time"
+
+	"github.com/labstack/echo/v4"
+
+	"github.com/mobile-token-broker/broker/broker"
+)
+
+// maxBodyBytes caps request bodies on /v1/* (the contract's 64 KiB).
+const maxBodyBytes = 64 << 10
+
+// Config wires the HTTP edge to the domain.
+type Config struct {
+	Service        *broker.Service
+	Proxy          *Proxy
+	TrustedProxies []netip.Prefix
+	// Ping reports whether the session store answers, for /readyz.
+	Ping   func(context.Context) error
+	Logger *slog.Logger
+}
+
+// Server holds the two Echo instances: the public one for apps and the admin
+// one for operators.
+type Server struct {
+	cfg    Config
+	log    *slog.Logger
+	Public *echo.Echo
+	Admin  *echo.Echo
+}
+
+// New builds the public and admin handlers.
+func New(cfg Config) (*Server, error) {
+	if cfg.Service == nil || cfg.Proxy == nil || cfg.Ping == nil {
+		return nil, errors.New("handlers: service, proxy and ping are required")
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	s := &Server{cfg: cfg, log: cfg.Logger, Public: newEcho(cfg.Logger), Admin: newEcho(cfg.Logger)}
+	s.routes()
+	return s, nil
+}
+
+func newEcho(log *slog.Logger) *echo.Echo {
+	e := echo.New()
+	e.HideBanner = true
+	e.HidePort = true
+	e.HTTPErrorHandler = func(err error, c echo.Context) {
+		if c.Response().Committed {
+			return
+		}
+		var he *echo.HTTPError
+		if errors.As(err, &he) {
+			switch he.Code {
+			case http.StatusNotFound:
+				err = broker.Errorf(broker.CodeNotFound, "no such route")
+			case http.StatusMethodNotAllowed:
+				writeStatusError(c.Response(), http.StatusMethodNotAllowed, broker.CodeInvalidRequest, "method not allowed")
+				return
+			default:
+				err = broker.Errorf(broker.CodeInvalidRequest, "the request cannot be processed")
+			}
+		}
+		if broker.ErrorCode(err) == broker.CodeInternal {
+			log.ErrorContext(c.Request().Context(), "internal error", "method", c.Request().Method, "path", c.Request().URL.Path, "error", err)
+		}
+		writeError(c.Response(), err)
+	}
+	return e
+}
+
+// accessLog logs every request without its query, headers or body, which may
+// carry credentials.
+func (s *Server) accessLog(next echo.HandlerFunc) echo.HandlerFunc {
+	return func(c echo.Context) error {
+		start := time.Now()
+		err := next(c)
+		if err != nil {
+			c.Error(err)
+		}
+		r := c.Request()
+		attrs := []any{
+			"method", r.Method,
+			"path", r.URL.Path,
+			"status", c.Response().Status,
+			"duration_ms", float64(time.Since(start).Microseconds()) / 1000,
+			"bytes_out", c.Response().Size,
+		}
+		if id, ok := c.Get(ctxSessionID).(string); ok && id != "" {
+			attrs = append(attrs, "session_id", id)
+		}
+		s.log.InfoContext(r.Context(), "request", attrs...)
+		return nil
+	}
+}
+
+// ctxSessionID is the Echo context key under which handlers leave the session
+// id of the request, for the access log.
+const ctxSessionID = "session_id"

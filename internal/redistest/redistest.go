@@ -1,0 +1,297 @@
+// Package redistest gives each test a real Redis: a redis-server process of
+// its own on a loopback port, or the shared server named by
+// BROKER_TEST_REDIS_URL.
+package redistest
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+)
+
+// EnvURL names the variable that points the tests at an existing Redis
+// instead of starting redis-server.
+const EnvURL = "BROKER_TEST_REDIS_URL"
+
+const (
+	// startAttempts bounds the free ports tried when redis-server loses a
+	// port to another process between probing and binding.
+	startAttempts = 5
+	// readyTimeout bounds the wait for a started server to answer PING.
+	readyTimeout = 10 * time.Second
+)
+
+// Server is a Redis used by one test.
+type Server struct {
+	url      string
+	addr     string
+	external bool
+
+	// Set for a server this package runs.
+	bin  string
+	dir  string
+	port int
+
+	mu   sync.Mutex
+	proc *process
+}
+
+// process is one running redis-server.
+type process struct {
+	cmd    *exec.Cmd
+	output *lockedBuffer
+	exited chan struct{}
+}
+
+// Start returns a Redis for the test.
+//
+// If BROKER_TEST_REDIS_URL is set, that server is used and its database is
+// flushed (FLUSHDB) first; Stop and Restart then skip the test, as an external
+// server cannot be restarted. Otherwise Start runs redis-server from PATH on
+// a free 127.0.0.1 port, without persistence, in a temporary directory, waits
+// until it answers PING and kills it when the test ends. A missing
+// redis-server fails the test.
+func Start(t testing.TB) *Server {
+	t.Helper()
+	if u := os.Getenv(EnvURL); u != "" {
+		return external(t, u)
+	}
+
+	bin, err := exec.LookPath("redis-server")
+	if err != nil {
+		t.Fatalf("redistest: redis-server not found in PATH (%v): install Redis (e.g. apt-get install redis-server, brew install redis) or set %s", err, EnvURL)
+	}
+	s := &Server{bin: bin, dir: t.TempDir()}
+	t.Cleanup(func() { s.kill() })
+
+	var errs []error
+	for range startAttempts {
+		port, err := freePort()
+		if err != nil {
+			t.Fatalf("redistest: find a free port: %v", err)
+		}
+		s.setPort(port)
+		if err := s.launch(); err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		return s
+	}
+	t.Fatalf("redistest: start redis-server: %v", errors.Join(errs...))
+	return nil
+}
+
+func external(t testing.TB, rawURL string) *Server {
+	t.Helper()
+	opts, err := redis.ParseURL(rawURL)
+	if err != nil {
+		t.Fatalf("redistest: %s: %v", EnvURL, err)
+	}
+	c := redis.NewClient(opts)
+	defer c.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), readyTimeout)
+	defer cancel()
+	if err := c.FlushDB(ctx).Err(); err != nil {
+		t.Fatalf("redistest: FLUSHDB on %s: %v", EnvURL, err)
+	}
+	return &Server{url: rawURL, addr: opts.Addr, external: true}
+}
+
+func (s *Server) setPort(port int) {
+	s.port = port
+	s.addr = net.JoinHostPort("127.0.0.1", strconv.Itoa(port))
+	s.url = "redis://" + s.addr + "/0"
+}
+
+// URL returns the server's URL, e.g. "redis://127.0.0.1:41234/0".
+func (s *Server) URL() string { return s.url }
+
+// Addr returns the server's host:port.
+func (s *Server) Addr() string { return s.addr }
+
+// Client returns a client of the server, closed when the test ends.
+func (s *Server) Client(t testing.TB) *redis.Client {
+	t.Helper()
+	opts, err := redis.ParseURL(s.url)
+	if err != nil {
+		t.Fatalf("redistest: parse %q: %v", s.url, err)
+	}
+	c := redis.NewClient(opts)
+	t.Cleanup(func() { c.Close() })
+	return c
+}
+
+// Stop kills the server: connections are refused until Restart.
+func (s *Server) Stop(t testing.TB) {
+	t.Helper()
+	s.skipExternal(t, "Stop")
+	s.kill()
+}
+
+// Restart starts the server again on the same port, after Stop or while
+// running, and waits until it answers PING. The data survives: the server
+// appends every write to its AOF with fsync before answering, so a killed
+// server comes back as it was, like a production Redis with persistence.
+func (s *Server) Restart(t testing.TB) {
+	t.Helper()
+	s.skipExternal(t, "Restart")
+	s.kill()
+	var errs []error
+	// The port is ours again once the old process is gone, but the kernel
+	// may take a moment to release it.
+	for range startAttempts {
+		err := s.launch()
+		if err == nil {
+			return
+		}
+		errs = append(errs, err)
+		time.Sleep(100 * time.Millisecond)
+	}
+	t.Fatalf("redistest: restart redis-server on %s: %v", s.addr, errors.Join(errs...))
+}
+
+func (s *Server) skipExternal(t testing.TB, op string) {
+	t.Helper()
+	if s.external {
+		t.Skipf("redistest: %s needs a redis-server run by the test; %s points at an external server that cannot be stopped or restarted", op, EnvURL)
+	}
+}
+
+// launch starts redis-server on s.port and waits until it answers PING.
+func (s *Server) launch() error {
+	out := &lockedBuffer{}
+	cmd := exec.Command(s.bin,
+		"--port", strconv.Itoa(s.port),
+		"--bind", "127.0.0.1",
+		"--save", "",
+		"--appendonly", "yes",
+		"--appendfsync", "always",
+		"--dir", s.dir,
+		"--daemonize", "no",
+	)
+	cmd.Dir = s.dir
+	cmd.Stdout = out
+	cmd.Stderr = out
+	if err := cmd.Start(); err != nil {
+		return fmt.Errorf("run %s: %w", s.bin, err)
+	}
+	p := &process{cmd: cmd, output: out, exited: make(chan struct{})}
+	go func() {
+		cmd.Wait()
+		close(p.exited)
+	}()
+
+	if err := waitReady(s.addr, p.exited); err != nil {
+		p.kill()
+		return fmt.Errorf("redis-server on port %d: %w\n%s", s.port, err, lastLines(out.String(), 10))
+	}
+	s.mu.Lock()
+	s.proc = p
+	s.mu.Unlock()
+	return nil
+}
+
+// kill stops the running process, if any, and waits for it to exit.
+func (s *Server) kill() {
+	s.mu.Lock()
+	p := s.proc
+	s.proc = nil
+	s.mu.Unlock()
+	if p != nil {
+		p.kill()
+	}
+}
+
+func (p *process) kill() {
+	p.cmd.Process.Kill()
+	<-p.exited
+}
+
+// waitReady polls addr with PING until it answers PONG, the process exits
+// or readyTimeout passes.
+func waitReady(addr string, exited <-chan struct{}) error {
+	deadline := time.Now().Add(readyTimeout)
+	var err error
+	for time.Now().Before(deadline) {
+		select {
+		case <-exited:
+			return errors.New("exited before answering PING")
+		default:
+		}
+		if err = ping(addr); err == nil {
+			return nil
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	return fmt.Errorf("no answer to PING within %v: %w", readyTimeout, err)
+}
+
+func ping(addr string) error {
+	conn, err := net.DialTimeout("tcp", addr, time.Second)
+	if err != nil {
+		return err
+	}
+	defer conn.Close()
+	conn.SetDeadline(time.Now().Add(time.Second))
+	if _, err := conn.Write([]byte("PING\r\n")); err != nil {
+		return err
+	}
+	line, err := bufio.NewReader(conn).ReadString('\n')
+	if err != nil {
+		return err
+	}
+	if strings.TrimSpace(line) != "+PONG" {
+		return fmt.Errorf("PING answered %q", strings.TrimSpace(line))
+	}
+	return nil
+}
+
+// freePort asks the kernel for a free loopback port. Another process may
+// take it before redis-server binds it; Start then tries another.
+func freePort() (int, error) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return 0, err
+	}
+	defer ln.Close()
+	return ln.Addr().(*net.TCPAddr).Port, nil
+}
+
+func lastLines(s string, n int) string {
+	lines := strings.Split(strings.TrimRight(s, "\n"), "\n")
+	if len(lines) > n {
+		lines = lines[len(lines)-n:]
+	}
+	return strings.Join(lines, "\n")
+}
+
+// lockedBuffer collects a process's output, written from the goroutines
+// os/exec copies it with.
+type lockedBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *lockedBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *lockedBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
+}

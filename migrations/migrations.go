@@ -1,0 +1,132 @@
+// Package migrations versions the broker's Redis key layout. Each Step moves
+// a store from the version before it to its own; the version a store is at is
+// recorded as an integer at VersionKey. A broker serves only a store at the
+// version it was built for (Check), and `broker migrate` brings an older
+// store up to it (Apply).
+package migrations
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strconv"
+
+	"github.com/redis/go-redis/v9"
+)
+
+// VersionKey holds the schema version of the store as a decimal integer.
+const VersionKey = "broker:schema_version"
+
+// Step is one change of the key layout.
+type Step struct {
+	// Version is the schema version the store is at once Up succeeded.
+	Version int
+	Name    string
+	// Up converts the store from Version-1. It must be idempotent: a run
+	// interrupted after Up but before the version was recorded runs it
+	// again.
+	Up func(ctx context.Context, c redis.UniversalClient) error
+}
+
+// steps are ordered by Version, which counts up from 1 without gaps.
+var steps = []Step{
+	{
+		// Version 1 is the layout the broker started with, kept by package
+		// sessions (every key of one atomic operation shares a hash tag):
+		//
+		//	broker:session:{<id>}             hash: one session, tokens and
+		//	                                  claims sealed in field tok
+		//	broker:session:{<id>}:lock        string: refresh lease owner
+		//	broker:user:{<base64url(sub)>}    zset: session ids by absolute expiry
+		//	broker:sid:{<base64url(sid)>}     zset: likewise, by ID token sid
+		//	broker:audit                      stream: capped audit trail
+		//
+		// An empty store already has it, so there is nothing to convert.
+		Version: 1,
+		Name:    "initial key layout",
+		Up:      func(context.Context, redis.UniversalClient) error { return nil },
+	},
+}
+
+// Steps returns the migration steps in the order they apply.
+func Steps() []Step {
+	return append([]Step(nil), steps...)
+}
+
+// Latest is the schema version this broker reads and writes.
+func Latest() int {
+	return steps[len(steps)-1].Version
+}
+
+// Errors of Check and Apply, for errors.Is.
+var (
+	ErrStoreOlder = errors.New("store schema is older than this broker")
+	ErrStoreNewer = errors.New("store schema is newer than this broker")
+)
+
+// Current returns the store's schema version: 0 for a store that was never
+// migrated.
+func Current(ctx context.Context, c redis.UniversalClient) (int, error) {
+	raw, err := c.Get(ctx, VersionKey).Result()
+	if errors.Is(err, redis.Nil) {
+		return 0, nil
+	}
+	if err != nil {
+		return 0, fmt.Errorf("read schema version: %w", err)
+	}
+	v, err := strconv.Atoi(raw)
+	if err != nil || v < 0 {
+		return 0, fmt.Errorf("read schema version: %s holds %q, not a version number", VersionKey, raw)
+	}
+	return v, nil
+}
+
+// Check reports whether the store is at the schema version this broker
+// knows: nil if so, an error wrapping ErrStoreOlder or ErrStoreNewer that
+// tells the operator what to do otherwise.
+func Check(ctx context.Context, c redis.UniversalClient) error {
+	v, err := Current(ctx, c)
+	if err != nil {
+		return err
+	}
+	return compare(v)
+}
+
+func compare(v int) error {
+	switch latest := Latest(); {
+	case v < latest:
+		return fmt.Errorf("%w: store schema version %d is older than %d: run `broker migrate`", ErrStoreOlder, v, latest)
+	case v > latest:
+		return fmt.Errorf("%w: store schema version %d is newer than this broker knows (%d): upgrade the broker", ErrStoreNewer, v, latest)
+	}
+	return nil
+}
+
+// Apply runs the steps the store has not had yet, in order, and records the
+// version after each, so that an interrupted run resumes where it stopped.
+// It refuses a store newer than this broker, whose layout it cannot know.
+// Apply does not guard against a concurrent run; each step being idempotent,
+// two runs at once repeat work but reach the same end.
+func Apply(ctx context.Context, c redis.UniversalClient) (from, to int, err error) {
+	from, err = Current(ctx, c)
+	if err != nil {
+		return 0, 0, err
+	}
+	if from > Latest() {
+		return from, from, compare(from)
+	}
+	to = from
+	for _, step := range steps {
+		if step.Version <= to {
+			continue
+		}
+		if err := step.Up(ctx, c); err != nil {
+			return from, to, fmt.Errorf("migration %d (%s): %w", step.Version, step.Name, err)
+		}
+		if err := c.Set(ctx, VersionKey, step.Version, 0).Err(); err != nil {
+			return from, to, fmt.Errorf("record schema version %d: %w", step.Version, err)
+		}
+		to = step.Version
+	}
+	return from, to, nil
+}

@@ -1,0 +1,103 @@
+package migrations
+
+import (
+	"context"
+	"errors"
+	"strconv"
+	"strings"
+	"testing"
+
+	"github.com/mobile-token-broker/broker/internal/redistest"
+)
+
+func TestSteps(t *testing.T) {
+	steps := Steps()
+	if len(steps) == 0 {
+		t.Fatal("Steps() is empty")
+	}
+	for i, s := range steps {
+		if s.Version != i+1 {
+			t.Errorf("step %d has Version %d, want %d: versions count up from 1 without gaps", i, s.Version, i+1)
+		}
+		if s.Name == "" || s.Up == nil {
+			t.Errorf("step %d lacks a Name or an Up", s.Version)
+		}
+	}
+	if steps[0].Name != "initial key layout" {
+		t.Errorf("step 1 is %q, want %q", steps[0].Name, "initial key layout")
+	}
+	if Latest() != steps[len(steps)-1].Version {
+		t.Errorf("Latest() = %d, want %d", Latest(), steps[len(steps)-1].Version)
+	}
+	steps[0].Name = "changed by a caller"
+	if Steps()[0].Name == "changed by a caller" {
+		t.Error("Steps() hands out the package's own slice")
+	}
+}
+
+func TestApply(t *testing.T) {
+	ctx := context.Background()
+	c := redistest.Start(t).Client(t)
+
+	if v, err := Current(ctx, c); err != nil || v != 0 {
+		t.Fatalf("Current on a fresh store = %d, %v; want 0, nil", v, err)
+	}
+	err := Check(ctx, c)
+	if !errors.Is(err, ErrStoreOlder) || !strings.Contains(err.Error(), "run `broker migrate`") {
+		t.Errorf("Check on a fresh store = %v, want ErrStoreOlder telling to run broker migrate", err)
+	}
+
+	from, to, err := Apply(ctx, c)
+	if err != nil || from != 0 || to != Latest() {
+		t.Fatalf("Apply on a fresh store = %d, %d, %v; want 0, %d, nil", from, to, err, Latest())
+	}
+	raw, err := c.Get(ctx, VersionKey).Result()
+	if err != nil || raw != strconv.Itoa(Latest()) {
+		t.Errorf("%s = %q, %v; want %q", VersionKey, raw, err, strconv.Itoa(Latest()))
+	}
+	if err := Check(ctx, c); err != nil {
+		t.Errorf("Check after Apply = %v, want nil", err)
+	}
+
+	from, to, err = Apply(ctx, c)
+	if err != nil || from != Latest() || to != Latest() {
+		t.Errorf("Apply again = %d, %d, %v; want %d, %d, nil", from, to, err, Latest(), Latest())
+	}
+}
+
+func TestNewerStore(t *testing.T) {
+	ctx := context.Background()
+	c := redistest.Start(t).Client(t)
+	newer := Latest() + 1
+	if err := c.Set(ctx, VersionKey, newer, 0).Err(); err != nil {
+		t.Fatal(err)
+	}
+
+	err := Check(ctx, c)
+	if !errors.Is(err, ErrStoreNewer) || !strings.Contains(err.Error(), "upgrade the broker") {
+		t.Errorf("Check on a newer store = %v, want ErrStoreNewer telling to upgrade the broker", err)
+	}
+	from, to, err := Apply(ctx, c)
+	if !errors.Is(err, ErrStoreNewer) || from != newer || to != newer {
+		t.Errorf("Apply on a newer store = %d, %d, %v; want %d, %d, ErrStoreNewer", from, to, err, newer, newer)
+	}
+	if v, err := Current(ctx, c); err != nil || v != newer {
+		t.Errorf("version after a refused Apply = %d, %v; want %d left alone", v, err, newer)
+	}
+}
+
+func TestCorruptVersion(t *testing.T) {
+	ctx := context.Background()
+	c := redistest.Start(t).Client(t)
+	for _, raw := range []string{"one", "-1", "1.5", ""} {
+		if err := c.Set(ctx, VersionKey, raw, 0).Err(); err != nil {
+			t.Fatal(err)
+		}
+		if v, err := Current(ctx, c); err == nil {
+			t.Errorf("Current with %s = %q = %d, nil; want an error", VersionKey, raw, v)
+		}
+		if _, _, err := Apply(ctx, c); err == nil {
+			t.Errorf("Apply with %s = %q = nil, want an error", VersionKey, raw)
+		}
+	}
+}
