@@ -44,7 +44,7 @@ type upstream struct {
 	auths    map[string]int
 }
 
-func newUpstream(t *testing.T) *upstream {
+func newUpstream(t testing.TB) *upstream {
 	t.Helper()
 	u := &upstream{auths: map[string]int{}}
 	u.Server = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
@@ -75,7 +75,7 @@ func (u *upstream) authorizations() map[string]int {
 
 // stack is one Redis, one IdP, one upstream, and any number of brokers.
 type stack struct {
-	t        *testing.T
+	t        testing.TB
 	redis    *redistest.Server
 	idp      *devidp.Provider
 	upstream *upstream
@@ -90,7 +90,7 @@ type stackOptions struct {
 	env            map[string]string
 }
 
-func newStack(t *testing.T, opts stackOptions) *stack {
+func newStack(t testing.TB, opts stackOptions) *stack {
 	t.Helper()
 	rs := redistest.Start(t)
 	idp, err := devidp.Start(devidp.Config{
@@ -122,7 +122,7 @@ func newStack(t *testing.T, opts stackOptions) *stack {
 	return &stack{t: t, redis: rs, idp: idp, upstream: up, clock: &testClock{}, env: env}
 }
 
-func randomKey(t *testing.T) string {
+func randomKey(t testing.TB) string {
 	t.Helper()
 	b := make([]byte, 32)
 	if _, err := rand.Read(b); err != nil {
@@ -266,7 +266,7 @@ type response struct {
 	body   []byte
 }
 
-func (r response) decode(t *testing.T, v any) {
+func (r response) decode(t testing.TB, v any) {
 	t.Helper()
 	if err := json.Unmarshal(r.body, v); err != nil {
 		t.Fatalf("decode %s: %v", r.body, err)
@@ -274,7 +274,7 @@ func (r response) decode(t *testing.T, v any) {
 }
 
 // errorCode returns the "error" of a contract error body.
-func (r response) errorCode(t *testing.T) string {
+func (r response) errorCode(t testing.TB) string {
 	t.Helper()
 	var e struct {
 		Error       string `json:"error"`
@@ -289,12 +289,12 @@ func (r response) errorCode(t *testing.T) string {
 
 // do sends a request to the broker's public listener. body may be nil, a
 // string (sent raw) or a value encoded as JSON.
-func do(t *testing.T, inst *instance, method, path, handle string, body any) response {
+func do(t testing.TB, inst *instance, method, path, handle string, body any) response {
 	t.Helper()
 	return doURL(t, method, inst.base+path, handle, body, nil)
 }
 
-func doURL(t *testing.T, method, url, bearer string, body any, header http.Header) response {
+func doURL(t testing.TB, method, url, bearer string, body any, header http.Header) response {
 	t.Helper()
 	var rd io.Reader
 	switch b := body.(type) {

@@ -2,8 +2,10 @@
 // authorization code, keeps the tokens server-side and proxies API calls with
 // an opaque session handle.
 //
-//	broker serve     run the service (configuration from the environment)
-//	broker migrate   apply pending migrations of the session store
+//	broker serve       run the service (configuration from the environment)
+//	broker migrate     apply pending migrations of the session store
+//	broker dev         run a self-contained development stack
+//	broker dev login   play the mobile app against `broker dev`
 package main
 
 import (
@@ -11,12 +13,15 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"os"
 	"os/signal"
 	"syscall"
 )
 
 func main() {
+	// Libraries that log through the default logger log JSON too.
+	slog.SetDefault(slog.New(slog.NewJSONHandler(os.Stderr, nil)))
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	if err := run(ctx, os.Args[1:], os.Getenv, os.Stdout, os.Stderr); err != nil {
@@ -32,7 +37,7 @@ func main() {
 	}
 }
 
-var errUsage = errors.New("usage: broker serve | broker migrate")
+var errUsage = errors.New("usage: broker serve | broker migrate | broker dev [login]")
 
 // run dispatches a subcommand. It returns instead of exiting so that tests
 // can drive the whole program.
@@ -45,6 +50,8 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		return serve(ctx, getenv, stdout, stderr, nil)
 	case "migrate":
 		return migrate(ctx, getenv, stdout)
+	case "dev":
+		return devCommand(ctx, args[1:], getenv, stdout, stderr)
 	case "help", "-h", "--help":
 		fmt.Fprintln(stdout, errUsage.Error())
 		return nil

@@ -73,6 +73,7 @@ func runBroker(ctx context.Context, cfg *config, rdb redis.UniversalClient, keys
 	if h.now == nil {
 		h.now = time.Now
 	}
+	redis.SetLogger(redisLogger{log})
 	store := sessions.New(rdb, keys, sessions.Options{Now: h.now})
 	svc, err := broker.New(broker.Config{
 		Issuer:       cfg.Issuer,

@@ -50,6 +50,16 @@ func (e *AuthorizationError) Error() string {
 // request, signs in on the login page and returns the authorization code
 // delivered to the redirect URI. The redirect URI itself is never fetched.
 func (p *Provider) Login(ctx context.Context, r LoginRequest) (string, error) {
+	if r.RedirectURI == "" {
+		r.RedirectURI = p.cfg.RedirectURIs[0]
+	}
+	return Login(ctx, p.issuer, p.cfg.ClientID, r)
+}
+
+// Login plays the user against a dev IdP that runs elsewhere (another
+// process), reached at issuer, for the client clientID. An empty RedirectURI
+// is DefaultRedirectURI.
+func Login(ctx context.Context, issuer, clientID string, r LoginRequest) (string, error) {
 	if r.CodeChallenge == "" {
 		return "", errors.New("devidp: Login: CodeChallenge is required")
 	}
@@ -57,7 +67,7 @@ func (p *Provider) Login(ctx context.Context, r LoginRequest) (string, error) {
 		r.Username, r.Password = DemoUsername, DemoPassword
 	}
 	if r.RedirectURI == "" {
-		r.RedirectURI = p.cfg.RedirectURIs[0]
+		r.RedirectURI = DefaultRedirectURI
 	}
 	if len(r.Scopes) == 0 {
 		r.Scopes = DefaultScopes
@@ -79,13 +89,13 @@ func (p *Provider) Login(ctx context.Context, r LoginRequest) (string, error) {
 		},
 	}
 
-	authEndpoint, err := p.authorizationEndpoint(ctx, browser)
+	authEndpoint, err := authorizationEndpoint(ctx, browser, issuer)
 	if err != nil {
 		return "", err
 	}
 	query := url.Values{
 		"response_type":         {"code"},
-		"client_id":             {p.cfg.ClientID},
+		"client_id":             {clientID},
 		"redirect_uri":          {r.RedirectURI},
 		"scope":                 {strings.Join(r.Scopes, " ")},
 		"code_challenge":        {r.CodeChallenge},
@@ -134,8 +144,8 @@ func (p *Provider) Login(ctx context.Context, r LoginRequest) (string, error) {
 	return "", unexpected("login", resp)
 }
 
-func (p *Provider) authorizationEndpoint(ctx context.Context, c *http.Client) (string, error) {
-	resp, err := get(ctx, c, p.issuer+"/.well-known/openid-configuration")
+func authorizationEndpoint(ctx context.Context, c *http.Client, issuer string) (string, error) {
+	resp, err := get(ctx, c, issuer+"/.well-known/openid-configuration")
 	if err != nil {
 		return "", fmt.Errorf("devidp: discovery: %w", err)
 	}
