@@ -22,9 +22,11 @@ type idp struct {
 	// expiry may be short of the broker's clock skew tolerance; OIDC Core
 	// 12.2 asks that iss, sub and aud match the original ones.
 	refreshVerifier *oidc.IDTokenVerifier
-	endpoint        oauth2.Endpoint
-	revocationURL   string
-	authStyle       oauth2.AuthStyle
+	// logoutVerifier checks logout tokens, which need not carry exp.
+	logoutVerifier *oidc.IDTokenVerifier
+	endpoint       oauth2.Endpoint
+	revocationURL  string
+	authStyle      oauth2.AuthStyle
 }
 
 // discoveryClaims are the discovery fields go-oidc does not expose.
@@ -60,6 +62,7 @@ func (s *Service) Discover(ctx context.Context) error {
 			provider:        p,
 			verifier:        p.Verifier(conf),
 			refreshVerifier: p.Verifier(&refreshConf),
+			logoutVerifier:  p.Verifier(&refreshConf),
 			endpoint:        p.Endpoint(),
 			revocationURL:   dc.RevocationEndpoint,
 			authStyle:       s.authStyle(dc.TokenEndpointAuthMethods),

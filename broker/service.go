@@ -42,7 +42,8 @@ type Config struct {
 
 	Store  Store
 	Locker Locker
-	Audit  AuditLog // optional
+	Audit  AuditLog    // optional
+	Replay ReplayGuard // needed for back-channel logout
 
 	HTTPClient *http.Client     // for the IdP; default with IdPTimeout
 	Now        func() time.Time // default time.Now
@@ -330,31 +331,39 @@ func (s *Service) Logout(ctx context.Context, handle string) error {
 	case !sess.matches(hash):
 		return nil
 	}
-	_, err = s.end(ctx, id, ActorUser, ActionLogout, "logout")
+	_, err = s.end(ctx, id, endReason{actor: ActorUser, action: ActionLogout, reason: "logout", revokeAtIdP: true})
 	if errors.Is(err, ErrNotFound) {
 		return nil
 	}
 	return err
 }
 
+// endReason says who ends a session, why, and whether its refresh token is
+// revoked at the IdP (not after the IdP's own back-channel logout).
+type endReason struct {
+	actor, action, reason string
+	revokeAtIdP           bool
+}
+
 // end deletes a session, revokes its refresh token at the IdP and audits the
 // outcome. The local end stands whatever the IdP does.
-func (s *Service) end(ctx context.Context, id, actor, action, reason string) (*Session, error) {
+func (s *Service) end(ctx context.Context, id string, why endReason) (*Session, error) {
 	sess, err := s.cfg.Store.Delete(ctx, id)
 	if err != nil {
 		return nil, fmt.Errorf("delete session: %w", err)
 	}
-	s.cfg.Metrics.Revocation(reason)
-	ev := AuditEvent{Actor: actor, Action: action, SessionID: id, Subject: sess.Subject, Outcome: OutcomeOK}
-	d := s.idp.Load()
-	if revoked, err := s.revoke(context.WithoutCancel(ctx), d, sess.Tokens.RefreshToken); err != nil {
-		ev.Outcome = OutcomeError
-		ev.Detail = "session ended; revocation at the identity provider failed: " + err.Error()
-	} else if revoked {
-		ev.Detail = "refresh token revoked at the identity provider"
+	s.cfg.Metrics.Revocation(why.reason)
+	ev := AuditEvent{Actor: why.actor, Action: why.action, SessionID: id, Subject: sess.Subject, Outcome: OutcomeOK}
+	if why.revokeAtIdP {
+		if revoked, err := s.revoke(context.WithoutCancel(ctx), s.idp.Load(), sess.Tokens.RefreshToken); err != nil {
+			ev.Outcome = OutcomeError
+			ev.Detail = "session ended; revocation at the identity provider failed: " + err.Error()
+		} else if revoked {
+			ev.Detail = "refresh token revoked at the identity provider"
+		}
 	}
 	s.audit(ctx, ev)
-	s.log.InfoContext(ctx, "session ended", "session_id", id, "sub", sess.Subject, "reason", reason, "actor", actor)
+	s.log.InfoContext(ctx, "session ended", "session_id", id, "sub", sess.Subject, "reason", why.reason, "actor", why.actor)
 	return sess, nil
 }
 

@@ -29,6 +29,9 @@ type Store interface {
 	// ListBySubject returns the live sessions of a subject, newest first,
 	// pruning its index of sessions that ended.
 	ListBySubject(ctx context.Context, sub string) ([]*Session, error)
+	// ListBySID returns the live sessions opened with an ID token carrying
+	// this sid (the IdP's session), newest first, pruning likewise.
+	ListBySID(ctx context.Context, sid string) ([]*Session, error)
 	// Ping reports whether the store answers.
 	Ping(ctx context.Context) error
 }
@@ -49,6 +52,13 @@ type Lease interface {
 	Extend(ctx context.Context) error
 	// Release frees the lease if this owner still holds it.
 	Release(ctx context.Context) error
+}
+
+// ReplayGuard remembers one-time token ids across every replica.
+type ReplayGuard interface {
+	// FirstUse records id as used for ttl. It reports true for the first use
+	// and false for every later one while the record lasts.
+	FirstUse(ctx context.Context, id string, ttl time.Duration) (bool, error)
 }
 
 // AuditEvent is one entry of the audit trail. It never holds a handle or a

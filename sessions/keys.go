@@ -1,6 +1,9 @@
 package sessions
 
-import "encoding/base64"
+import (
+	"crypto/sha256"
+	"encoding/base64"
+)
 
 // Key layout. Every key that one atomic operation touches shares a hash tag
 // ({...}), so that the layout works unchanged on Redis Cluster: a session and
@@ -27,3 +30,10 @@ func sidKey(sid string) string {
 // tokAAD binds a sealed token blob to its session and field: a blob copied
 // into another session's record, or into another field, fails to open.
 func tokAAD(id string) []byte { return []byte("broker:session:" + id + "\x00" + fieldTok) }
+
+// replayKey names the marker of a used one-time token. The id is hashed: it
+// comes from outside and may be long or hold any byte.
+func replayKey(id string) string {
+	sum := sha256.Sum256([]byte(id))
+	return "broker:used:{" + base64.RawURLEncoding.EncodeToString(sum[:]) + "}"
+}
