@@ -232,10 +232,12 @@ func NewProxy(cfg ProxyConfig) (*Proxy, error) {
 	p.rp = &httputil.ReverseProxy{
 		Rewrite:   p.rewrite,
 		Transport: cfg.Transport,
-		// Negative: flush after every write, so that streamed responses
-		// (server-sent events, long polls, chunked downloads) reach the app
-		// as the upstream produces them.
-		FlushInterval: -1,
+		// Zero: responses of unknown length (chunked: server-sent events,
+		// long polls, streamed downloads) and text/event-stream are flushed
+		// after every write, so they reach the app as the upstream produces
+		// them; a response of known length goes out as the server's buffer
+		// fills, which saves a flush per response on the hot path.
+		FlushInterval: 0,
 		ErrorHandler:  p.upstreamError,
 		ErrorLog:      slog.NewLogLogger(cfg.Logger.Handler(), slog.LevelWarn),
 	}
@@ -287,6 +289,9 @@ type target struct {
 	rawPath     string // outbound path, escaped as the client sent it
 	sessionID   string
 	accessToken string
+	// err is set by upstreamError, for Handler to return to Echo's error
+	// renderer, where every error response is written and counted.
+	err error
 }
 
 type targetKey struct{}
@@ -297,40 +302,36 @@ func (p *Proxy) Handler(c echo.Context) error {
 	escaped := r.URL.EscapedPath()
 	route, tail, ok := p.Match(escaped)
 	if !ok {
-		writeError(w, broker.Errorf(broker.CodeNotFound, "no route for this path"))
-		return nil
+		return broker.Errorf(broker.CodeNotFound, "no route for this path")
 	}
 	// The path is checked before the handle so that a hostile path costs no
 	// store lookup and no token refresh.
 	decoded, err := checkTail(tail)
 	if err != nil {
-		writeError(w, err)
-		return nil
+		return err
 	}
 	handle, present := bearer(r)
 	if !present {
-		writeError(w, errNoHandle)
-		return nil
+		return errNoHandle
 	}
 	sessionID, token, err := p.tokens.AccessToken(r.Context(), handle)
 	if err != nil {
 		if broker.ErrorCode(err) == broker.CodeInternal {
 			p.log.ErrorContext(r.Context(), "access token lookup failed", "route", route.Prefix, "error", err)
 		}
-		writeError(w, err)
-		return nil
+		return err
 	}
 	c.Set(ctxSessionID, sessionID)
 	path, rawPath := joinPath(route.Upstream, decoded, tail)
-	ctx := context.WithValue(r.Context(), targetKey{}, &target{
+	t := &target{
 		route:       route,
 		path:        path,
 		rawPath:     rawPath,
 		sessionID:   sessionID,
 		accessToken: token,
-	})
-	p.rp.ServeHTTP(w, r.WithContext(ctx))
-	return nil
+	}
+	p.rp.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), targetKey{}, t)))
+	return t.err
 }
 
 // errUnsafePath answers a path that could step outside the route.
@@ -413,8 +414,9 @@ func (p *Proxy) upstreamError(w http.ResponseWriter, r *http.Request, err error)
 		// The app went away; there is no one to answer.
 		return
 	}
+	t, _ := r.Context().Value(targetKey{}).(*target)
 	var prefix, sessionID string
-	if t, ok := r.Context().Value(targetKey{}).(*target); ok {
+	if t != nil {
 		prefix, sessionID = t.route.Prefix, t.sessionID
 	}
 	// A *url.Error repeats the URL, whose query is the app's business and
@@ -424,5 +426,9 @@ func (p *Proxy) upstreamError(w http.ResponseWriter, r *http.Request, err error)
 		err = ue.Err
 	}
 	p.log.WarnContext(r.Context(), "upstream unavailable", "route", prefix, "session_id", sessionID, "error", err)
-	writeError(w, errUpstreamUnavailable)
+	if t == nil {
+		writeError(w, errUpstreamUnavailable)
+		return
+	}
+	t.err = errUpstreamUnavailable
 }

@@ -62,6 +62,7 @@ type Store struct {
 	keys        *Keyring
 	now         func() time.Time
 	auditMaxLen int64
+	opened      *openCache
 }
 
 var (
@@ -77,7 +78,7 @@ func New(client redis.UniversalClient, keys *Keyring, opts Options) *Store {
 	if client == nil || keys == nil {
 		panic("sessions: New needs a client and a keyring")
 	}
-	s := &Store{client: client, keys: keys, now: opts.Now, auditMaxLen: opts.AuditMaxLen}
+	s := &Store{client: client, keys: keys, now: opts.Now, auditMaxLen: opts.AuditMaxLen, opened: newOpenCache()}
 	if s.now == nil {
 		s.now = time.Now
 	}
@@ -274,6 +275,7 @@ func (s *Store) Delete(ctx context.Context, id string) (*broker.Session, error) 
 	_, _ = pipe.Exec(ctx)
 
 	sess, err := s.decode(id, h)
+	s.opened.drop(id)
 	if err != nil {
 		return nil, fmt.Errorf("delete session: %w", err)
 	}
@@ -392,9 +394,12 @@ func (s *Store) decode(id string, h map[string]string) (*broker.Session, error) 
 	if sess.SecretHash, err = hex.DecodeString(h[fieldSecretHash]); err != nil {
 		return nil, fmt.Errorf("session %s: field %s is not hex", id, fieldSecretHash)
 	}
-	p, err := s.open(id, h[fieldTok])
-	if err != nil {
-		return nil, err
+	p, ok := s.opened.get(id, h[fieldTok])
+	if !ok {
+		if p, err = s.open(id, h[fieldTok]); err != nil {
+			return nil, err
+		}
+		s.opened.put(id, h[fieldTok], p)
 	}
 	sess.Claims = p.Claims
 	sess.Tokens = broker.Tokens{

@@ -45,6 +45,36 @@ func runStoreSuite(t *testing.T, newStore func(t *testing.T) *Store) {
 	t.Run("KeyRotation", func(t *testing.T) { testKeyRotation(t, newStore(t)) })
 	t.Run("TamperedTok", func(t *testing.T) { testTamperedTok(t, newStore(t)) })
 	t.Run("MovedTok", func(t *testing.T) { testMovedTok(t, newStore(t)) })
+	t.Run("ReadAfterChange", func(t *testing.T) { testReadAfterChange(t, newStore(t)) })
+}
+
+// testReadAfterChange reads a session repeatedly while its record changes
+// underneath, from this store and from another replica's: every read reflects
+// the record as it is now, never an earlier opened copy.
+func testReadAfterChange(t *testing.T, st *Store) {
+	ctx := context.Background()
+	other := withOptions(st, Options{Now: st.now})
+	s, _ := testSession(t, st.now(), "sub-change", "")
+	mustCreate(t, st, s)
+	for i := range 3 {
+		got, err := st.Get(ctx, s.ID)
+		if err != nil {
+			t.Fatalf("Get = %v", err)
+		}
+		if want := s.Tokens.AccessToken; got.Tokens.AccessToken != want {
+			t.Fatalf("read %d: access token %q, want %q", i, got.Tokens.AccessToken, want)
+		}
+		s.Tokens.AccessToken = fmt.Sprintf("ACCESS-ROTATED-%d", i)
+		if err := other.UpdateTokens(ctx, s.ID, s.Tokens); err != nil {
+			t.Fatalf("UpdateTokens on another replica = %v", err)
+		}
+	}
+	if _, err := other.Delete(ctx, s.ID); err != nil {
+		t.Fatalf("Delete on another replica = %v", err)
+	}
+	if _, err := st.Get(ctx, s.ID); !errors.Is(err, broker.ErrNotFound) {
+		t.Fatalf("Get after a delete elsewhere = %v, want ErrNotFound", err)
+	}
 }
 
 // clock is a settable clock that starts at the real time, since Redis
