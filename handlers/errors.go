@@ -43,8 +43,9 @@ func (e *rateLimitedError) Error() string { return "rate limited" }
 
 // writeError renders err as the contract's JSON error. It is the one place
 // where errors become responses: internal detail never reaches the body, and
-// a 401 carries the WWW-Authenticate challenge of RFC 6750 section 3.
-func writeError(w http.ResponseWriter, err error) {
+// a 401 carries the WWW-Authenticate challenge of RFC 6750 section 3. It
+// returns the code it rendered, for the error metrics.
+func writeError(w http.ResponseWriter, err error) broker.Code {
 	code := broker.ErrorCode(err)
 	msg := broker.ErrorMessage(err)
 	var rl *rateLimitedError
@@ -65,6 +66,7 @@ func writeError(w http.ResponseWriter, err error) {
 		msg = "internal error"
 	}
 	writeStatusError(w, status(code), code, msg)
+	return code
 }
 
 // writeStatusError writes the JSON error body with an explicit status.
@@ -78,13 +80,14 @@ func writeStatusError(w http.ResponseWriter, status int, code broker.Code, msg s
 // missingCredentialsError is a 401 for a request that sent no credentials.
 type missingCredentialsError struct {
 	challenge string
+	message   string
 }
 
 func (e *missingCredentialsError) Error() string { return "no credentials" }
 
 func (e *missingCredentialsError) Unwrap() error {
-	return broker.Errorf(broker.CodeInvalidToken, "a session handle is required")
+	return broker.Errorf(broker.CodeInvalidToken, "%s", e.message)
 }
 
 // errNoHandle is returned when a request carries no bearer handle.
-var errNoHandle = &missingCredentialsError{challenge: "Bearer"}
+var errNoHandle = &missingCredentialsError{challenge: "Bearer", message: "a session handle is required"}

@@ -20,8 +20,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/labstack/echo/v4"
-
 	"github.com/mobile-token-broker/broker/broker"
 )
 
@@ -123,7 +121,7 @@ func newBroker(t *testing.T, cfg ProxyConfig) *httptest.Server {
 	if err != nil {
 		t.Fatalf("NewProxy: %v", err)
 	}
-	e := echo.New()
+	e := newEcho(slog.New(slog.DiscardHandler))
 	for _, r := range p.Routes() {
 		e.Any(r.Prefix, p.Handler)
 		e.Any(r.Prefix+"/*", p.Handler)
@@ -760,9 +758,10 @@ func TestProxyNoRoute(t *testing.T) {
 		t.Fatal(err)
 	}
 	rec := httptest.NewRecorder()
-	c := echo.New().NewContext(httptest.NewRequest(http.MethodGet, "/apix/1", nil), rec)
+	e := newEcho(slog.New(slog.DiscardHandler))
+	c := e.NewContext(httptest.NewRequest(http.MethodGet, "/apix/1", nil), rec)
 	if err := p.Handler(c); err != nil {
-		t.Fatalf("Handler: %v", err)
+		e.HTTPErrorHandler(err, c)
 	}
 	resp := rec.Result()
 	wantError(t, "GET /apix/1", resp, rec.Body.Bytes(), http.StatusNotFound, broker.CodeNotFound)

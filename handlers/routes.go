@@ -3,21 +3,33 @@ package handlers
 // routes lists every route of both listeners.
 func (s *Server) routes() {
 	pub := s.Public
-	pub.Use(s.accessLog)
+	pub.Use(s.metrics.observe("public"), s.accessLog)
 
 	v1 := pub.Group("/v1", limitBody)
-	v1.POST("/sessions", s.createSession)
-	v1.GET("/session", s.getSession)
+	v1.POST("/sessions", s.createSession, s.limitExchange)
+	v1.GET("/session", s.getSession, s.limitInvalidHandles)
 	v1.DELETE("/session", s.deleteSession)
-	v1.GET("/userinfo", s.userInfo)
+	v1.GET("/userinfo", s.userInfo, s.limitInvalidHandles)
+	v1.POST("/backchannel-logout", s.backchannelLogout)
 
 	for _, r := range s.cfg.Proxy.Routes() {
-		pub.Any(r.Prefix, s.cfg.Proxy.Handler)
-		pub.Any(r.Prefix+"/*", s.cfg.Proxy.Handler)
+		pub.Any(r.Prefix, s.cfg.Proxy.Handler, s.limitInvalidHandles)
+		pub.Any(r.Prefix+"/*", s.cfg.Proxy.Handler, s.limitInvalidHandles)
 	}
 
 	adm := s.Admin
-	adm.Use(s.accessLog)
+	adm.Use(s.metrics.observe("admin"), s.accessLog)
 	adm.GET("/healthz", s.healthz)
 	adm.GET("/readyz", s.readyz)
+	adm.GET("/metrics", s.metrics.handler(s.log))
+
+	// Every path under /admin/v1, unknown ones included, needs an admin
+	// token: the group's middleware runs for its catch-all too, so an
+	// unauthenticated caller cannot map the API.
+	av1 := adm.Group("/admin/v1", s.requireAdmin)
+	av1.GET("/users/:sub/sessions", s.userSessions)
+	av1.DELETE("/users/:sub/sessions", s.adminRevokeUser)
+	av1.GET("/sessions/:id", s.adminGetSession)
+	av1.DELETE("/sessions/:id", s.adminRevokeSession)
+	av1.GET("/audit", s.adminAudit)
 }

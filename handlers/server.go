@@ -25,18 +25,31 @@ type Config struct {
 	Service        *broker.Service
 	Proxy          *Proxy
 	TrustedProxies []netip.Prefix
+	// RateLimiter, when set, enforces ExchangeRate on POST /v1/sessions and
+	// InvalidHandleRate on requests with an unknown or ended handle, per
+	// client IP.
+	RateLimiter       RateLimiter
+	ExchangeRate      Rate
+	InvalidHandleRate Rate
 	// Ping reports whether the session store answers, for /readyz.
-	Ping   func(context.Context) error
-	Logger *slog.Logger
+	Ping func(context.Context) error
+	// AdminTokens are the bearer tokens of the admin API; none closes it.
+	AdminTokens []AdminToken
+	// Metrics receives the HTTP metrics and serves GET /metrics; pass the
+	// one given to broker.Config to have the domain's counts there too.
+	// Default: a new one with the HTTP metrics only.
+	Metrics *Metrics
+	Logger  *slog.Logger
 }
 
 // Server holds the two Echo instances: the public one for apps and the admin
 // one for operators.
 type Server struct {
-	cfg    Config
-	log    *slog.Logger
-	Public *echo.Echo
-	Admin  *echo.Echo
+	cfg     Config
+	log     *slog.Logger
+	metrics *Metrics
+	Public  *echo.Echo
+	Admin   *echo.Echo
 }
 
 // New builds the public and admin handlers.
@@ -47,7 +60,13 @@ func New(cfg Config) (*Server, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
-	s := &Server{cfg: cfg, log: cfg.Logger, Public: newEcho(cfg.Logger), Admin: newEcho(cfg.Logger)}
+	if cfg.Metrics == nil {
+		cfg.Metrics = NewMetrics()
+	}
+	s := &Server{cfg: cfg, log: cfg.Logger, metrics: cfg.Metrics, Public: newEcho(cfg.Logger), Admin: newEcho(cfg.Logger)}
+	for _, e := range []*echo.Echo{s.Public, s.Admin} {
+		e.HTTPErrorHandler = errorRenderer(cfg.Logger, s.metrics.errorRendered)
+	}
 	s.routes()
 	return s, nil
 }
@@ -56,7 +75,15 @@ func newEcho(log *slog.Logger) *echo.Echo {
 	e := echo.New()
 	e.HideBanner = true
 	e.HidePort = true
-	e.HTTPErrorHandler = func(err error, c echo.Context) {
+	e.HTTPErrorHandler = errorRenderer(log, nil)
+	return e
+}
+
+// errorRenderer returns the Echo error handler through which every error a
+// handler returns becomes the contract's JSON. rendered, when set, is told
+// the code of each error rendered.
+func errorRenderer(log *slog.Logger, rendered func(broker.Code)) echo.HTTPErrorHandler {
+	return func(err error, c echo.Context) {
 		if c.Response().Committed {
 			return
 		}
@@ -67,6 +94,9 @@ func newEcho(log *slog.Logger) *echo.Echo {
 				err = broker.Errorf(broker.CodeNotFound, "no such route")
 			case http.StatusMethodNotAllowed:
 				writeStatusError(c.Response(), http.StatusMethodNotAllowed, broker.CodeInvalidRequest, "method not allowed")
+				if rendered != nil {
+					rendered(broker.CodeInvalidRequest)
+				}
 				return
 			default:
 				err = broker.Errorf(broker.CodeInvalidRequest, "the request cannot be processed")
@@ -75,9 +105,11 @@ func newEcho(log *slog.Logger) *echo.Echo {
 		if broker.ErrorCode(err) == broker.CodeInternal {
 			log.ErrorContext(c.Request().Context(), "internal error", "method", c.Request().Method, "path", c.Request().URL.Path, "error", err)
 		}
-		writeError(c.Response(), err)
+		code := writeError(c.Response(), err)
+		if rendered != nil {
+			rendered(code)
+		}
 	}
-	return e
 }
 
 // accessLog logs every request without its query, headers or body, which may

@@ -27,7 +27,7 @@ type config struct {
 	RedirectURIs    redirectURIs `env:"BROKER_REDIRECT_URIS,required,notEmpty"`
 	Routes          routes       `env:"BROKER_ROUTES,required,notEmpty"`
 	EncryptionKeys  keyring      `env:"BROKER_ENCRYPTION_KEYS"`
-	AdminTokens     string       `env:"BROKER_ADMIN_TOKENS"`
+	AdminTokens     adminTokens  `env:"BROKER_ADMIN_TOKENS"`
 	IdleTimeout     duration     `env:"BROKER_SESSION_IDLE_TIMEOUT" envDefault:"720h"`
 	MaxLifetime     duration     `env:"BROKER_SESSION_MAX_LIFETIME" envDefault:"2160h"`
 	RefreshSkew     duration     `env:"BROKER_REFRESH_SKEW" envDefault:"10s"`
@@ -200,6 +200,17 @@ func (t *trustedCIDRs) UnmarshalText(b []byte) error {
 		return err
 	}
 	*t = v
+	return nil
+}
+
+type adminTokens []handlers.AdminToken
+
+func (a *adminTokens) UnmarshalText(b []byte) error {
+	v, err := handlers.ParseAdminTokens(string(b))
+	if err != nil {
+		return err
+	}
+	*a = v
 	return nil
 }
 

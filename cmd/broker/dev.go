@@ -85,14 +85,14 @@ func runDev(ctx context.Context, getenv func(string) string, idpAddr string, std
 	}
 	adminToken := rand.Text()
 	env := map[string]string{
-		"BROKER_LISTEN":          devListen,
-		"BROKER_ADMIN_LISTEN":    devAdminListen,
-		"BROKER_REDIS_URL":       redisURL,
-		"BROKER_OIDC_ISSUER":     idp.Issuer(),
-		"BROKER_OIDC_CLIENT_ID":  idp.ClientID(),
-		"BROKER_REDIRECT_URIS":   devidp.DefaultRedirectURI,
-		"BROKER_ROUTES":          "/api=" + demoURL,
-		"BROKER_ADMIN_TOKENS":    "dev:" + adminToken,
+		"BROKER_LISTEN":         devListen,
+		"BROKER_ADMIN_LISTEN":   devAdminListen,
+		"BROKER_REDIS_URL":      redisURL,
+		"BROKER_OIDC_ISSUER":    idp.Issuer(),
+		"BROKER_OIDC_CLIENT_ID": idp.ClientID(),
+		"BROKER_REDIRECT_URIS":  devidp.DefaultRedirectURI,
+		"BROKER_ROUTES":         "/api=" + demoURL,
+		"BROKER_ADMIN_TOKENS":   "dev:" + adminToken,
 	}
 	// The development IdP and demo upstream are this stack's own; anything
 	// else may be overridden from the environment.

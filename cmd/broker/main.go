@@ -6,6 +6,8 @@
 //	broker migrate     apply pending migrations of the session store
 //	broker dev         run a self-contained development stack
 //	broker dev login   play the mobile app against `broker dev`
+//	broker sessions    list, show and revoke sessions through the admin API
+//	broker audit       show the newest audit events through the admin API
 package main
 
 import (
@@ -37,7 +39,7 @@ func main() {
 	}
 }
 
-var errUsage = errors.New("usage: broker serve | broker migrate | broker dev [login]")
+var errUsage = errors.New("usage: broker serve | broker migrate | broker dev [login] | broker sessions list|show|revoke | broker audit")
 
 // run dispatches a subcommand. It returns instead of exiting so that tests
 // can drive the whole program.
@@ -52,6 +54,10 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		return migrate(ctx, getenv, stdout)
 	case "dev":
 		return devCommand(ctx, args[1:], getenv, stdout, stderr)
+	case "sessions":
+		return sessionsCommand(ctx, args[1:], getenv, stdout, stderr)
+	case "audit":
+		return auditCommand(ctx, args[1:], getenv, stdout, stderr)
 	case "help", "-h", "--help":
 		fmt.Fprintln(stdout, errUsage.Error())
 		return nil

@@ -75,6 +75,7 @@ func runBroker(ctx context.Context, cfg *config, rdb redis.UniversalClient, keys
 	}
 	redis.SetLogger(redisLogger{log})
 	store := sessions.New(rdb, keys, sessions.Options{Now: h.now})
+	metrics := handlers.NewMetrics()
 	svc, err := broker.New(broker.Config{
 		Issuer:       cfg.Issuer,
 		ClientID:     cfg.ClientID,
@@ -86,8 +87,10 @@ func runBroker(ctx context.Context, cfg *config, rdb redis.UniversalClient, keys
 		Store:        store,
 		Locker:       store,
 		Audit:        store,
+		Replay:       store,
 		Logger:       log,
 		Now:          h.now,
+		Metrics:      metrics,
 	})
 	if err != nil {
 		return err
@@ -103,16 +106,21 @@ func runBroker(ctx context.Context, cfg *config, rdb redis.UniversalClient, keys
 		return err
 	}
 	srv, err := handlers.New(handlers.Config{
-		Service:        svc,
-		Proxy:          proxy,
-		TrustedProxies: cfg.TrustedProxies,
-		Ping:           store.Ping,
-		Logger:         log,
+		Service:           svc,
+		Proxy:             proxy,
+		TrustedProxies:    cfg.TrustedProxies,
+		RateLimiter:       sessions.NewRateLimiter(rdb),
+		ExchangeRate:      handlers.Rate(cfg.RateExchange),
+		InvalidHandleRate: handlers.Rate(cfg.RateInvalid),
+		Ping:              store.Ping,
+		AdminTokens:       cfg.AdminTokens,
+		Metrics:           metrics,
+		Logger:            log,
 	})
 	if err != nil {
 		return err
 	}
-	if cfg.AdminTokens == "" {
+	if len(cfg.AdminTokens) == 0 {
 		log.Warn("BROKER_ADMIN_TOKENS is not set: every /admin/v1/ call will get 401")
 	}
 

@@ -1,0 +1,532 @@
+package main
+
+import (
+	"bytes"
+	"cmp"
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/url"
+	"os"
+	"strings"
+	"text/tabwriter"
+	"time"
+	"unicode"
+	"unicode/utf8"
+)
+
+// The operator commands `broker sessions` and `broker audit` are clients of
+// the admin API (CONTRACT.md, "Admin API"): they hold no store credentials
+// and can run anywhere the admin listener is reachable.
+
+const (
+	defaultAdminURL = "http://127.0.0.1:9090"
+	// adminTimeout bounds one admin API call.
+	adminTimeout = 30 * time.Second
+	// maxAdminBody bounds what the CLI reads of one admin API answer.
+	maxAdminBody = 16 << 20
+	// userAgentWidth is how much of a user agent the session table shows.
+	userAgentWidth    = 40
+	defaultAuditLimit = 50
+)
+
+// usageError is a mistake on the command line. It matches errUsage, so main
+// exits 2 on it, but says what was wrong and which help to read.
+type usageError struct{ cmd, msg string }
+
+func (e *usageError) Error() string {
+	return fmt.Sprintf("%s: %s (see 'broker %s -h')", e.cmd, e.msg, e.cmd)
+}
+
+func (e *usageError) Is(target error) bool { return target == errUsage }
+
+// apiError is a non-2xx answer of the admin API.
+type apiError struct {
+	Status      int
+	Code        string
+	Description string
+}
+
+func (e *apiError) Error() string {
+	msg := fmt.Sprintf("admin API: %d", e.Status)
+	if e.Code == "" {
+		return msg + " " + http.StatusText(e.Status)
+	}
+	msg += " " + e.Code
+	if e.Description != "" {
+		msg += ": " + e.Description
+	}
+	return msg
+}
+
+// adminClient calls the admin API with one admin token.
+type adminClient struct {
+	base  string // scheme://host[/prefix], without a trailing slash
+	shown string // base as it may be printed: without any userinfo
+	token string
+	http  *http.Client
+}
+
+// do sends one request and returns the body of a 2xx answer; any other
+// answer becomes an *apiError.
+func (c *adminClient) do(ctx context.Context, method, path string) (int, []byte, error) {
+	req, err := http.NewRequestWithContext(ctx, method, c.base+path, nil)
+	if err != nil {
+		return 0, nil, fmt.Errorf("admin API request %s %s: %w", method, path, err)
+	}
+	req.Header.Set("Authorization", "Bearer "+c.token)
+	req.Header.Set("Accept", "application/json")
+	resp, err := c.http.Do(req)
+	if err != nil {
+		// *url.Error repeats the whole URL; name the base instead, once.
+		var ue *url.Error
+		if errors.As(err, &ue) {
+			err = ue.Err
+		}
+		return 0, nil, fmt.Errorf("cannot reach the admin API at %s: %w", c.shown, err)
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(io.LimitReader(resp.Body, maxAdminBody))
+	if err != nil {
+		return 0, nil, fmt.Errorf("admin API: %s %s: read the answer: %w", method, path, err)
+	}
+	if resp.StatusCode/100 != 2 {
+		var e struct {
+			Error       string `json:"error"`
+			Description string `json:"error_description"`
+		}
+		_ = json.Unmarshal(body, &e)
+		return resp.StatusCode, nil, &apiError{Status: resp.StatusCode, Code: printable(e.Error), Description: printable(e.Description)}
+	}
+	return resp.StatusCode, body, nil
+}
+
+// getJSON fetches path and decodes its JSON into v; it returns the raw body
+// for --json.
+func (c *adminClient) getJSON(ctx context.Context, path string, v any) ([]byte, error) {
+	_, body, err := c.do(ctx, http.MethodGet, path)
+	if err != nil {
+		return nil, err
+	}
+	if err := json.Unmarshal(body, v); err != nil {
+		return nil, fmt.Errorf("admin API: GET %s: the answer is not the expected JSON: %w", path, err)
+	}
+	return body, nil
+}
+
+// adminFlags are the flags every operator command takes.
+type adminFlags struct {
+	url, token, tokenFile string
+	json                  bool
+}
+
+func (f *adminFlags) register(fs *flag.FlagSet) {
+	// The defaults from the environment are applied after parsing, so that
+	// -h never prints a token.
+	fs.StringVar(&f.url, "admin-url", "", "base URL of the broker's admin listener (default $BROKER_ADMIN_URL, else "+defaultAdminURL+")")
+	fs.StringVar(&f.token, "token", "", "admin token (default $BROKER_ADMIN_TOKEN); prefer -token-file or the variable, which stay out of shell history and ps")
+	fs.StringVar(&f.tokenFile, "token-file", "", "read the admin token from this file")
+	fs.BoolVar(&f.json, "json", false, "print the admin API's JSON instead of a table")
+}
+
+// client checks the flags and the environment and returns the client they
+// describe.
+func (f *adminFlags) client(cmd string, getenv func(string) string, stderr io.Writer) (*adminClient, error) {
+	if f.token != "" && f.tokenFile != "" {
+		return nil, &usageError{cmd, "give either -token or -token-file, not both"}
+	}
+	token := f.token
+	if f.tokenFile != "" {
+		b, err := os.ReadFile(f.tokenFile)
+		if err != nil {
+			return nil, fmt.Errorf("admin token: %w", err)
+		}
+		token = strings.TrimSpace(string(b))
+		if token == "" {
+			return nil, fmt.Errorf("admin token: %s is empty", f.tokenFile)
+		}
+	}
+	if token == "" {
+		token = strings.TrimSpace(getenv("BROKER_ADMIN_TOKEN"))
+	}
+	if token == "" {
+		return nil, &usageError{cmd, "no admin token: set BROKER_ADMIN_TOKEN or pass -token-file with one of the broker's BROKER_ADMIN_TOKENS"}
+	}
+	// A control character would be rejected by net/http with a message of
+	// its own; say which input is wrong without showing it.
+	if strings.IndexFunc(token, func(r rune) bool { return r < ' ' || r == 0x7f }) >= 0 {
+		return nil, errors.New("admin token: contains control characters; expected a single line")
+	}
+
+	raw := cmp.Or(f.url, getenv("BROKER_ADMIN_URL"), defaultAdminURL)
+	u, err := url.Parse(raw)
+	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" || u.RawQuery != "" || u.Fragment != "" {
+		return nil, &usageError{cmd, fmt.Sprintf("admin URL %q: want http://host:port or https://host[/prefix]", redactURL(raw))}
+	}
+	if u.Scheme == "http" && !isLoopback(u.Hostname()) {
+		fmt.Fprintf(stderr, "warning: sending the admin token to %s over plain http\n", u.Redacted())
+	}
+	base := strings.TrimSuffix(u.String(), "/")
+	return &adminClient{
+		base:  base,
+		shown: strings.TrimSuffix(u.Redacted(), "/"),
+		token: token,
+		http:  &http.Client{Timeout: adminTimeout},
+	}, nil
+}
+
+func redactURL(raw string) string {
+	if u, err := url.Parse(raw); err == nil {
+		return u.Redacted()
+	}
+	return raw
+}
+
+func isLoopback(host string) bool {
+	if host == "localhost" {
+		return true
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsLoopback()
+}
+
+// parseFlags parses args, answering -h on stdout. It reports done when the
+// command has nothing left to do.
+func parseFlags(fs *flag.FlagSet, cmd, synopsis string, args []string, stdout io.Writer) (done bool, err error) {
+	fs.SetOutput(io.Discard)
+	fs.Usage = func() {}
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			fmt.Fprintf(stdout, "usage: %s\n\n", synopsis)
+			fs.SetOutput(stdout)
+			fs.PrintDefaults()
+			return true, nil
+		}
+		return true, &usageError{cmd, err.Error()}
+	}
+	if fs.NArg() > 0 {
+		return true, &usageError{cmd, fmt.Sprintf("unexpected argument %q; every value goes after a flag", fs.Arg(0))}
+	}
+	return false, nil
+}
+
+// session is one session as the admin API describes it. Times are kept as
+// sent, so that an unexpected format is shown rather than rejected.
+type session struct {
+	SessionID  string `json:"session_id"`
+	Sub        string `json:"sub"`
+	ClientID   string `json:"client_id"`
+	CreatedAt  string `json:"created_at"`
+	LastUsedAt string `json:"last_used_at"`
+	ExpiresAt  string `json:"expires_at"`
+	IP         string `json:"ip"`
+	UserAgent  string `json:"user_agent"`
+}
+
+type auditEvent struct {
+	Time      string `json:"time"`
+	Actor     string `json:"actor"`
+	Action    string `json:"action"`
+	SessionID string `json:"session_id"`
+	Sub       string `json:"sub"`
+	Outcome   string `json:"outcome"`
+	Detail    string `json:"detail"`
+}
+
+const sessionsSynopsis = `broker sessions list --sub SUB [--json]
+       broker sessions show --id SESSION_ID [--json]
+       broker sessions revoke (--id SESSION_ID | --sub SUB) [--json]
+common flags: [--admin-url URL] [--token-file PATH | --token TOKEN]`
+
+// sessionsCommand runs `broker sessions list|show|revoke`.
+func sessionsCommand(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error {
+	if len(args) == 0 {
+		return &usageError{"sessions", "want a subcommand: list, show or revoke"}
+	}
+	switch args[0] {
+	case "list":
+		return sessionsList(ctx, args[1:], getenv, stdout, stderr)
+	case "show":
+		return sessionsShow(ctx, args[1:], getenv, stdout, stderr)
+	case "revoke":
+		return sessionsRevoke(ctx, args[1:], getenv, stdout, stderr)
+	case "help", "-h", "-help", "--help":
+		fmt.Fprintf(stdout, "usage: %s\n", sessionsSynopsis)
+		return nil
+	}
+	return &usageError{"sessions", fmt.Sprintf("unknown subcommand %q; want list, show or revoke", args[0])}
+}
+
+func sessionsList(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error {
+	const cmd = "sessions list"
+	fs := flag.NewFlagSet(cmd, flag.ContinueOnError)
+	var af adminFlags
+	af.register(fs)
+	sub := fs.String("sub", "", "the user's subject (the ID token's sub claim), as in 'auth0|123'")
+	if done, err := parseFlags(fs, cmd, "broker sessions list --sub SUB [--json] [--admin-url URL] [--token-file PATH]", args, stdout); done {
+		return err
+	}
+	if err := checkSub(cmd, *sub); err != nil {
+		return err
+	}
+	c, err := af.client(cmd, getenv, stderr)
+	if err != nil {
+		return err
+	}
+	var out struct {
+		Sessions []session `json:"sessions"`
+	}
+	body, err := c.getJSON(ctx, "/admin/v1/users/"+url.PathEscape(*sub)+"/sessions", &out)
+	if err != nil {
+		return err
+	}
+	if af.json {
+		return writeJSON(stdout, body)
+	}
+	if len(out.Sessions) == 0 {
+		fmt.Fprintf(stdout, "no sessions of user %s\n", printable(*sub))
+		return nil
+	}
+	tw := tabwriter.NewWriter(stdout, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(tw, "SESSION ID\tCREATED\tLAST USED\tEXPIRES\tIP\tUSER AGENT")
+	for _, s := range out.Sessions {
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", cell(s.SessionID), when(s.CreatedAt), when(s.LastUsedAt),
+			when(s.ExpiresAt), cell(s.IP), cell(truncate(s.UserAgent, userAgentWidth)))
+	}
+	return tw.Flush()
+}
+
+func sessionsShow(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error {
+	const cmd = "sessions show"
+	fs := flag.NewFlagSet(cmd, flag.ContinueOnError)
+	var af adminFlags
+	af.register(fs)
+	id := fs.String("id", "", "the session's ID (session_id, as in the audit log; not the handle)")
+	if done, err := parseFlags(fs, cmd, "broker sessions show --id SESSION_ID [--json] [--admin-url URL] [--token-file PATH]", args, stdout); done {
+		return err
+	}
+	if err := checkID(cmd, *id); err != nil {
+		return err
+	}
+	c, err := af.client(cmd, getenv, stderr)
+	if err != nil {
+		return err
+	}
+	var s session
+	body, err := c.getJSON(ctx, "/admin/v1/sessions/"+url.PathEscape(*id), &s)
+	if err != nil {
+		return err
+	}
+	if af.json {
+		return writeJSON(stdout, body)
+	}
+	tw := tabwriter.NewWriter(stdout, 0, 0, 2, ' ', 0)
+	for _, row := range [][2]string{
+		{"SESSION ID", cell(s.SessionID)},
+		{"SUB", cell(s.Sub)},
+		{"CLIENT ID", cell(s.ClientID)},
+		{"CREATED", when(s.CreatedAt)},
+		{"LAST USED", when(s.LastUsedAt)},
+		{"EXPIRES", when(s.ExpiresAt)},
+		{"IP", cell(s.IP)},
+		{"USER AGENT", cell(s.UserAgent)},
+	} {
+		fmt.Fprintf(tw, "%s\t%s\n", row[0], row[1])
+	}
+	return tw.Flush()
+}
+
+func sessionsRevoke(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error {
+	const cmd = "sessions revoke"
+	fs := flag.NewFlagSet(cmd, flag.ContinueOnError)
+	var af adminFlags
+	af.register(fs)
+	id := fs.String("id", "", "end this one session")
+	sub := fs.String("sub", "", "end every session of this user")
+	if done, err := parseFlags(fs, cmd, "broker sessions revoke (--id SESSION_ID | --sub SUB) [--json] [--admin-url URL] [--token-file PATH]", args, stdout); done {
+		return err
+	}
+	if (*id == "") == (*sub == "") {
+		return &usageError{cmd, "give exactly one of --id SESSION_ID (one session) or --sub SUB (every session of a user)"}
+	}
+	if *id != "" {
+		if err := checkID(cmd, *id); err != nil {
+			return err
+		}
+	} else if err := checkSub(cmd, *sub); err != nil {
+		return err
+	}
+	c, err := af.client(cmd, getenv, stderr)
+	if err != nil {
+		return err
+	}
+
+	if *id != "" {
+		if _, _, err := c.do(ctx, http.MethodDelete, "/admin/v1/sessions/"+url.PathEscape(*id)); err != nil {
+			return err
+		}
+		if af.json {
+			// The API answers 204 without a body; give scripts the same
+			// shape as a user's revocation.
+			b, _ := json.Marshal(map[string]any{"revoked": 1, "session_id": *id})
+			return writeJSON(stdout, b)
+		}
+		fmt.Fprintf(stdout, "revoked session %s\n", printable(*id))
+		return nil
+	}
+
+	path := "/admin/v1/users/" + url.PathEscape(*sub) + "/sessions"
+	_, body, err := c.do(ctx, http.MethodDelete, path)
+	if err != nil {
+		return err
+	}
+	var out struct {
+		Revoked               int `json:"revoked"`
+		IdPRevocationFailures int `json:"idp_revocation_failures"`
+	}
+	if err := json.Unmarshal(body, &out); err != nil {
+		return fmt.Errorf("admin API: DELETE %s: the answer is not the expected JSON: %w", path, err)
+	}
+	if af.json {
+		if err := writeJSON(stdout, body); err != nil {
+			return err
+		}
+	} else {
+		fmt.Fprintf(stdout, "revoked %d %s of user %s\n", out.Revoked, plural(out.Revoked, "session", "sessions"), printable(*sub))
+	}
+	// The sessions are over at the broker either way; a refresh token the IdP
+	// did not revoke stays valid there until it expires.
+	if out.IdPRevocationFailures > 0 {
+		fmt.Fprintf(stderr, "warning: the identity provider did not confirm the revocation of %d refresh %s; see 'broker audit'\n",
+			out.IdPRevocationFailures, plural(out.IdPRevocationFailures, "token", "tokens"))
+	}
+	return nil
+}
+
+// auditCommand runs `broker audit`.
+func auditCommand(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error {
+	const cmd = "audit"
+	fs := flag.NewFlagSet(cmd, flag.ContinueOnError)
+	var af adminFlags
+	af.register(fs)
+	limit := fs.Int("limit", defaultAuditLimit, "how many events to show, newest first")
+	if done, err := parseFlags(fs, cmd, "broker audit [--limit N] [--json] [--admin-url URL] [--token-file PATH]", args, stdout); done {
+		return err
+	}
+	if *limit < 1 {
+		return &usageError{cmd, fmt.Sprintf("--limit must be at least 1, got %d", *limit)}
+	}
+	c, err := af.client(cmd, getenv, stderr)
+	if err != nil {
+		return err
+	}
+	var out struct {
+		Events []auditEvent `json:"events"`
+	}
+	body, err := c.getJSON(ctx, "/admin/v1/audit?limit="+fmt.Sprint(*limit), &out)
+	if err != nil {
+		return err
+	}
+	if af.json {
+		return writeJSON(stdout, body)
+	}
+	if len(out.Events) == 0 {
+		fmt.Fprintln(stdout, "no audit events")
+		return nil
+	}
+	tw := tabwriter.NewWriter(stdout, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(tw, "TIME\tACTOR\tACTION\tSESSION\tSUB\tOUTCOME\tDETAIL")
+	for _, e := range out.Events {
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", when(e.Time), cell(e.Actor), cell(e.Action),
+			cell(e.SessionID), cell(e.Sub), cell(e.Outcome), cell(e.Detail))
+	}
+	return tw.Flush()
+}
+
+// checkSub rejects a subject that cannot name a user in a URL path: path
+// escaping leaves "." and ".." as they are, and a server would resolve them.
+func checkSub(cmd, sub string) error {
+	switch sub {
+	case "":
+		return &usageError{cmd, "--sub is required: the user's subject (the ID token's sub claim), as in --sub 'auth0|123'"}
+	case ".", "..":
+		return &usageError{cmd, fmt.Sprintf("--sub %q is not a subject", sub)}
+	}
+	return nil
+}
+
+func checkID(cmd, id string) error {
+	switch id {
+	case "":
+		return &usageError{cmd, "--id is required: the session's ID, as shown by 'broker sessions list --sub SUB'"}
+	case ".", "..":
+		return &usageError{cmd, fmt.Sprintf("--id %q is not a session ID", id)}
+	}
+	return nil
+}
+
+// writeJSON prints an admin API answer indented.
+func writeJSON(w io.Writer, body []byte) error {
+	var buf bytes.Buffer
+	if err := json.Indent(&buf, bytes.TrimSpace(body), "", "  "); err != nil {
+		return fmt.Errorf("admin API: the answer is not JSON: %w", err)
+	}
+	buf.WriteByte('\n')
+	_, err := w.Write(buf.Bytes())
+	return err
+}
+
+// when formats an RFC 3339 time in UTC to the second; anything else is
+// shown as sent.
+func when(s string) string {
+	if s == "" {
+		return "-"
+	}
+	t, err := time.Parse(time.RFC3339Nano, s)
+	switch {
+	case err != nil:
+		return cell(s)
+	case t.IsZero():
+		return "-"
+	}
+	return t.UTC().Format(time.RFC3339)
+}
+
+// cell makes a value safe for one table cell: "-" when empty, see printable.
+func cell(s string) string {
+	if s == "" {
+		return "-"
+	}
+	return printable(s)
+}
+
+// printable replaces control and other unprintable characters, tabs
+// included, with '?': user agents, subjects and error descriptions come from
+// outside and must not steer the operator's terminal or the table.
+func printable(s string) string {
+	return strings.Map(func(r rune) rune {
+		if r == utf8.RuneError || !unicode.IsPrint(r) {
+			return '?'
+		}
+		return r
+	}, s)
+}
+
+func truncate(s string, n int) string {
+	if utf8.RuneCountInString(s) <= n {
+		return s
+	}
+	return string([]rune(s)[:n-1]) + "…"
+}
+
+func plural(n int, one, many string) string {
+	if n == 1 {
+		return one
+	}
+	return many
+}

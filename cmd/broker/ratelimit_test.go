@@ -1,0 +1,88 @@
+package main
+
+import (
+	"net/http"
+	"strconv"
+	"testing"
+)
+
+// The limits are per client IP and shared by every replica through Redis.
+func TestRateLimitExchange(t *testing.T) {
+	s := newStack(t, stackOptions{env: map[string]string{"BROKER_RATE_LIMIT_EXCHANGE": "3/m"}})
+	b1, b2 := s.start(), s.start()
+	post := func(b *instance, xff string) response {
+		t.Helper()
+		h := http.Header{}
+		if xff != "" {
+			h.Set("X-Forwarded-For", xff)
+		}
+		return doURL(t, http.MethodPost, b.base+"/v1/sessions", "", `{}`, h)
+	}
+	for i, b := range []*instance{b1, b2, b1} {
+		if res := post(b, ""); res.status != http.StatusBadRequest {
+			t.Fatalf("request %d = %d %s, want 400 (within the limit)", i, res.status, res.body)
+		}
+	}
+	// A client-sent X-Forwarded-For from an untrusted peer changes nothing.
+	res := post(b2, "203.0.113.9")
+	if res.status != http.StatusTooManyRequests || res.errorCode(t) != "rate_limited" {
+		t.Fatalf("4th request across replicas = %d %s, want 429 rate_limited", res.status, res.body)
+	}
+	if ra, err := strconv.Atoi(res.header.Get("Retry-After")); err != nil || ra < 1 || ra > 60 {
+		t.Errorf("Retry-After = %q, want 1..60 seconds", res.header.Get("Retry-After"))
+	}
+}
+
+func TestRateLimitTrustedProxy(t *testing.T) {
+	s := newStack(t, stackOptions{env: map[string]string{
+		"BROKER_RATE_LIMIT_EXCHANGE": "1/m",
+		"BROKER_TRUSTED_PROXIES":     "127.0.0.0/8",
+	}})
+	b := s.start()
+	send := func(xff string) int {
+		t.Helper()
+		return doURL(t, http.MethodPost, b.base+"/v1/sessions", "", `{}`, http.Header{"X-Forwarded-For": {xff}}).status
+	}
+	if got := send("198.51.100.1"); got != http.StatusBadRequest {
+		t.Fatalf("first client = %d, want 400", got)
+	}
+	if got := send("198.51.100.2"); got != http.StatusBadRequest {
+		t.Fatalf("second client behind the trusted proxy = %d, want 400 (its own budget)", got)
+	}
+	if got := send("198.51.100.1"); got != http.StatusTooManyRequests {
+		t.Fatalf("first client again = %d, want 429", got)
+	}
+}
+
+func TestRateLimitInvalidHandles(t *testing.T) {
+	s := newStack(t, stackOptions{env: map[string]string{"BROKER_RATE_LIMIT_INVALID": "2/m"}})
+	b := s.start()
+	c := s.login(b)
+	for i := range 2 {
+		if res := do(t, b, http.MethodGet, "/api/x", "garbage", nil); res.status != http.StatusUnauthorized {
+			t.Fatalf("invalid handle %d = %d, want 401", i, res.status)
+		}
+	}
+	res := do(t, b, http.MethodGet, "/v1/session", "garbage", nil)
+	if res.status != http.StatusTooManyRequests || res.header.Get("Retry-After") == "" {
+		t.Fatalf("3rd invalid handle = %d (Retry-After %q), want 429 with Retry-After", res.status, res.header.Get("Retry-After"))
+	}
+	// A live handle from the same IP is not limited, and a missing one is
+	// not counted.
+	if res := do(t, b, http.MethodGet, "/api/x", c.Session, nil); res.status != http.StatusOK {
+		t.Errorf("live handle = %d, want 200", res.status)
+	}
+	if res := do(t, b, http.MethodGet, "/api/x", "", nil); res.status != http.StatusUnauthorized {
+		t.Errorf("no handle = %d, want 401", res.status)
+	}
+}
+
+func TestRateLimitOff(t *testing.T) {
+	s := newStack(t, stackOptions{env: map[string]string{"BROKER_RATE_LIMIT_INVALID": "0", "BROKER_RATE_LIMIT_EXCHANGE": "0"}})
+	b := s.start()
+	for i := range 30 {
+		if res := do(t, b, http.MethodGet, "/v1/session", "garbage", nil); res.status != http.StatusUnauthorized {
+			t.Fatalf("invalid handle %d with the limit off = %d, want 401", i, res.status)
+		}
+	}
+}

@@ -1,0 +1,363 @@
+package handlers
+
+import (
+	"crypto/sha256"
+	"crypto/subtle"
+	"errors"
+	"fmt"
+	"net/http"
+	"net/url"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/labstack/echo/v4"
+
+	"github.com/mobile-token-broker/broker/broker"
+)
+
+// The admin API of the security team (BROKER_ADMIN_LISTEN, /admin/v1/):
+// list and end sessions centrally and read the audit trail.
+
+// AdminToken is one entry of BROKER_ADMIN_TOKENS. Only a SHA-256 digest of
+// the token is kept, so the process never holds the token itself after
+// start and a token cannot end up in a log or a dump of the config.
+type AdminToken struct {
+	// Name is the actor recorded in the audit trail for calls made with
+	// this token.
+	Name   string
+	digest [sha256.Size]byte
+}
+
+// String never shows the token.
+func (t AdminToken) String() string { return t.Name + ":[redacted]" }
+
+// defaultAdminName is the actor of a token configured without a name.
+const defaultAdminName = "admin"
+
+// minAdminTokenLen is the shortest token accepted: anything shorter is a
+// password, not a bearer token one can keep in a secret store.
+const minAdminTokenLen = 16
+
+// maxAdminNameLen bounds a token's name, which appears in every audit event.
+const maxAdminNameLen = 64
+
+// ParseAdminTokens parses BROKER_ADMIN_TOKENS: comma-separated entries, each
+// TOKEN or NAME:TOKEN. The name is the audit actor ("admin" when none is
+// given); it is up to 64 letters, digits and "._@-". A token may not hold a
+// comma, since the comma separates entries; a token holding ":" must be
+// given with a name, since the first ":" ends the name. A token is at least
+// 16 printable ASCII characters without spaces, so that it can travel in an
+// Authorization header. Names and tokens are unique. An empty spec yields no
+// tokens, which leaves the admin API closed. Every bad entry is reported by
+// its position; no error ever holds a token.
+func ParseAdminTokens(spec string) ([]AdminToken, error) {
+	if spec == "" {
+		return nil, nil
+	}
+	var (
+		tokens []AdminToken
+		errs   []error
+	)
+	names := map[string]int{}
+	digests := map[[sha256.Size]byte]int{}
+	for i, entry := range strings.Split(spec, ",") {
+		pos := i + 1
+		entry = strings.TrimSpace(entry)
+		if entry == "" {
+			errs = append(errs, fmt.Errorf("entry %d is empty", pos))
+			continue
+		}
+		name, token, named := strings.Cut(entry, ":")
+		if !named {
+			name, token = defaultAdminName, entry
+		}
+		if err := checkAdminName(name); err != nil {
+			errs = append(errs, fmt.Errorf("entry %d: %w", pos, err))
+			continue
+		}
+		if err := checkAdminToken(token); err != nil {
+			errs = append(errs, fmt.Errorf("entry %d: %w", pos, err))
+			continue
+		}
+		t := AdminToken{Name: name, digest: sha256.Sum256([]byte(token))}
+		if prev, ok := names[name]; ok {
+			// The audit trail must tell the holders of two tokens apart.
+			errs = append(errs, fmt.Errorf("entry %d: the name %q is already used by entry %d (an entry without a name is named %q)", pos, name, prev, defaultAdminName))
+			continue
+		}
+		if prev, ok := digests[t.digest]; ok {
+			errs = append(errs, fmt.Errorf("entry %d: the token repeats the one of entry %d", pos, prev))
+			continue
+		}
+		names[name], digests[t.digest] = pos, pos
+		tokens = append(tokens, t)
+	}
+	if err := errors.Join(errs...); err != nil {
+		return nil, err
+	}
+	return tokens, nil
+}
+
+func checkAdminName(name string) error {
+	if name == "" {
+		return errors.New("the name before ':' is empty")
+	}
+	if len(name) > maxAdminNameLen {
+		return fmt.Errorf("the name is longer than %d characters", maxAdminNameLen)
+	}
+	for _, r := range name {
+		if !('a' <= r && r <= 'z' || 'A' <= r && r <= 'Z' || '0' <= r && r <= '9' || strings.ContainsRune("._@-", r)) {
+			return errors.New("the name may hold only letters, digits and ._@-")
+		}
+	}
+	return nil
+}
+
+func checkAdminToken(token string) error {
+	if token == "" {
+		return errors.New("the token is empty")
+	}
+	for i := range len(token) {
+		if token[i] <= ' ' || token[i] >= 0x7f {
+			return errors.New("the token may hold only printable ASCII characters without spaces")
+		}
+	}
+	if len(token) < minAdminTokenLen {
+		return fmt.Errorf("the token is shorter than %d characters", minAdminTokenLen)
+	}
+	return nil
+}
+
+// adminActor returns the name of the configured token that presented
+// matches. Every configured token is compared, in constant time and on
+// SHA-256 digests of equal length, with no early exit: neither the time
+// taken nor the position of a match tells how much of a guess was right.
+func adminActor(tokens []AdminToken, presented string) (string, bool) {
+	d := sha256.Sum256([]byte(presented))
+	match := -1
+	for i := range tokens {
+		eq := subtle.ConstantTimeCompare(d[:], tokens[i].digest[:])
+		match = subtle.ConstantTimeSelect(eq, i, match)
+	}
+	if match < 0 {
+		return "", false
+	}
+	return tokens[match].Name, true
+}
+
+// ctxAdminActor is the Echo context key of the name of the admin token a
+// request was authenticated with.
+const ctxAdminActor = "admin_actor"
+
+// errNoAdminToken answers an admin call without credentials (RFC 6750
+// section 3.1: no error attribute in the challenge).
+var errNoAdminToken = &missingCredentialsError{challenge: "Bearer", message: "an admin token is required"}
+
+// errWrongAdminToken answers an admin call whose token is not configured.
+var errWrongAdminToken = broker.Errorf(broker.CodeInvalidToken, "the admin token is not valid")
+
+// requireAdmin admits a request on /admin/v1/ only with
+// "Authorization: Bearer <token>" of one of BROKER_ADMIN_TOKENS, and records
+// every refusal in the audit trail. With no token configured, every call is
+// refused.
+func (s *Server) requireAdmin(next echo.HandlerFunc) echo.HandlerFunc {
+	return func(c echo.Context) error {
+		r := c.Request()
+		token, present := bearer(r)
+		if !present {
+			s.cfg.Service.AdminDenied(r.Context(), r.Method+" "+c.Path()+": no credentials")
+			return errNoAdminToken
+		}
+		name, ok := adminActor(s.cfg.AdminTokens, token)
+		if !ok {
+			s.cfg.Service.AdminDenied(r.Context(), r.Method+" "+c.Path()+": wrong token")
+			return errWrongAdminToken
+		}
+		c.Set(ctxAdminActor, name)
+		return next(c)
+	}
+}
+
+// actor returns the admin name requireAdmin left in the context.
+func actor(c echo.Context) string {
+	name, _ := c.Get(ctxAdminActor).(string)
+	return name
+}
+
+// pathParam returns a path parameter unescaped. Echo matches routes against
+// the escaped path (and so yields escaped parameters) whenever the request's
+// escaping differs from Go's default, as with "auth0%7C123" written
+// "auth0%7c123", or a "%2F" that must not split the segment; otherwise it
+// matches the decoded path, whose parameters must not be decoded twice.
+func pathParam(c echo.Context, name string) (string, error) {
+	v := c.Param(name)
+	if c.Request().URL.RawPath == "" {
+		return v, nil
+	}
+	u, err := url.PathUnescape(v)
+	if err != nil {
+		return "", broker.Errorf(broker.CodeInvalidRequest, "the %s in the path has an invalid escape", name)
+	}
+	return u, nil
+}
+
+// adminSession is a session as the admin API shows it: never its tokens,
+// handle or claims.
+type adminSession struct {
+	SessionID  string    `json:"session_id"`
+	Subject    string    `json:"sub"`
+	ClientID   string    `json:"client_id"`
+	CreatedAt  time.Time `json:"created_at"`
+	LastUsedAt time.Time `json:"last_used_at"`
+	ExpiresAt  time.Time `json:"expires_at"`
+	IP         string    `json:"ip"`
+	UserAgent  string    `json:"user_agent"`
+}
+
+func adminSessionOf(sess *broker.Session) adminSession {
+	return adminSession{
+		SessionID:  sess.ID,
+		Subject:    sess.Subject,
+		ClientID:   sess.ClientID,
+		CreatedAt:  rfc3339(sess.CreatedAt),
+		LastUsedAt: rfc3339(sess.LastUsedAt),
+		ExpiresAt:  rfc3339(sess.ExpiresAt()),
+		IP:         sess.IP,
+		UserAgent:  sess.UserAgent,
+	}
+}
+
+type adminSessionList struct {
+	Sessions []adminSession `json:"sessions"`
+}
+
+type userRevocationResponse struct {
+	Revoked               int `json:"revoked"`
+	IdPRevocationFailures int `json:"idp_revocation_failures"`
+}
+
+type auditEvent struct {
+	Time      time.Time `json:"time"`
+	Actor     string    `json:"actor"`
+	Action    string    `json:"action"`
+	SessionID string    `json:"session_id"`
+	Subject   string    `json:"sub"`
+	Outcome   string    `json:"outcome"`
+	Detail    string    `json:"detail"`
+}
+
+type auditList struct {
+	Events []auditEvent `json:"events"`
+}
+
+// errNoSuchSession is the 404 of an unknown, ended or malformed session id.
+var errNoSuchSession = broker.Errorf(broker.CodeNotFound, "no such session")
+
+// notFoundAsNoSuchSession names what was not found.
+func notFoundAsNoSuchSession(err error) error {
+	if broker.ErrorCode(err) == broker.CodeNotFound {
+		return errNoSuchSession
+	}
+	return err
+}
+
+// userSessions lists a user's live sessions, newest first
+// (GET /admin/v1/users/:sub/sessions); an unknown user has none.
+func (s *Server) userSessions(c echo.Context) error {
+	sub, err := pathParam(c, "sub")
+	if err != nil {
+		return err
+	}
+	list, err := s.cfg.Service.UserSessions(c.Request().Context(), sub)
+	if err != nil {
+		return err
+	}
+	out := adminSessionList{Sessions: make([]adminSession, 0, len(list))}
+	for _, sess := range list {
+		out.Sessions = append(out.Sessions, adminSessionOf(sess))
+	}
+	noStore(c)
+	return c.JSON(http.StatusOK, out)
+}
+
+// adminGetSession shows one session (GET /admin/v1/sessions/:id).
+func (s *Server) adminGetSession(c echo.Context) error {
+	id, err := pathParam(c, "id")
+	if err != nil {
+		return err
+	}
+	sess, err := s.cfg.Service.Session(c.Request().Context(), id)
+	if err != nil {
+		return notFoundAsNoSuchSession(err)
+	}
+	c.Set(ctxSessionID, sess.ID)
+	noStore(c)
+	return c.JSON(http.StatusOK, adminSessionOf(sess))
+}
+
+// adminRevokeSession ends one session and revokes its refresh token at the
+// IdP (DELETE /admin/v1/sessions/:id). An IdP failure does not fail the call:
+// the session has ended, and the audit trail records the failure.
+func (s *Server) adminRevokeSession(c echo.Context) error {
+	id, err := pathParam(c, "id")
+	if err != nil {
+		return err
+	}
+	if err := s.cfg.Service.RevokeSession(c.Request().Context(), id, actor(c)); err != nil {
+		return notFoundAsNoSuchSession(err)
+	}
+	c.Set(ctxSessionID, id)
+	return c.NoContent(http.StatusNoContent)
+}
+
+// adminRevokeUser ends every session of a user
+// (DELETE /admin/v1/users/:sub/sessions).
+func (s *Server) adminRevokeUser(c echo.Context) error {
+	sub, err := pathParam(c, "sub")
+	if err != nil {
+		return err
+	}
+	res, err := s.cfg.Service.RevokeUser(c.Request().Context(), sub, actor(c))
+	if err != nil {
+		return err
+	}
+	noStore(c)
+	return c.JSON(http.StatusOK, userRevocationResponse{Revoked: res.Revoked, IdPRevocationFailures: res.IdPFailures})
+}
+
+// Bounds of GET /admin/v1/audit?limit=N.
+const (
+	defaultAuditLimit = 100
+	maxAuditLimit     = 1000
+)
+
+// adminAudit lists the newest audit events first (GET /admin/v1/audit).
+func (s *Server) adminAudit(c echo.Context) error {
+	limit := defaultAuditLimit
+	if raw := c.QueryParam("limit"); raw != "" {
+		n, err := strconv.Atoi(raw)
+		if err != nil || n < 1 || n > maxAuditLimit {
+			return broker.Errorf(broker.CodeInvalidRequest, "limit must be an integer from 1 to %d", maxAuditLimit)
+		}
+		limit = n
+	}
+	events, err := s.cfg.Service.Audit(c.Request().Context(), limit)
+	if err != nil {
+		return err
+	}
+	out := auditList{Events: make([]auditEvent, 0, len(events))}
+	for _, e := range events {
+		out.Events = append(out.Events, auditEvent{
+			Time:      e.Time.UTC(),
+			Actor:     e.Actor,
+			Action:    e.Action,
+			SessionID: e.SessionID,
+			Subject:   e.Subject,
+			Outcome:   e.Outcome,
+			Detail:    e.Detail,
+		})
+	}
+	noStore(c)
+	return c.JSON(http.StatusOK, out)
+}
