@@ -165,14 +165,24 @@ func (s *Server) requireAdmin(next echo.HandlerFunc) echo.HandlerFunc {
 	return func(c echo.Context) error {
 		r := c.Request()
 		token, present := bearer(r)
-		if !present {
-			s.cfg.Service.AdminDenied(r.Context(), r.Method+" "+c.Path()+": no credentials")
-			return errNoAdminToken
-		}
+		var denied error
+		var why string
 		name, ok := adminActor(s.cfg.AdminTokens, token)
-		if !ok {
-			s.cfg.Service.AdminDenied(r.Context(), r.Method+" "+c.Path()+": wrong token")
-			return errWrongAdminToken
+		switch {
+		case !present:
+			denied, why = errNoAdminToken, "no credentials"
+		case !ok:
+			denied, why = errWrongAdminToken, "wrong token"
+		}
+		if denied != nil {
+			// Refusals count against the client's invalid-credential
+			// budget, so that guessing tokens or flooding the capped audit
+			// trail with refusals is throttled like guessing handles.
+			if err := s.limit(c, "invalid", s.cfg.InvalidHandleRate); err != nil {
+				return err
+			}
+			s.cfg.Service.AdminDenied(r.Context(), r.Method+" "+c.Path()+": "+why)
+			return denied
 		}
 		c.Set(ctxAdminActor, name)
 		return next(c)

@@ -86,3 +86,20 @@ func TestRateLimitOff(t *testing.T) {
 		}
 	}
 }
+
+// Refused admin calls share the invalid-credential budget: guessing admin
+// tokens, or flooding the capped audit trail with refusals, is throttled.
+func TestRateLimitAdminRefusals(t *testing.T) {
+	s := newStack(t, stackOptions{env: map[string]string{"BROKER_RATE_LIMIT_INVALID": "2/m"}})
+	b := s.start()
+	for i := range 2 {
+		res := doURL(t, http.MethodGet, b.admin+"/admin/v1/audit", "wrong-token-0123456789", nil, nil)
+		if res.status != http.StatusUnauthorized {
+			t.Fatalf("wrong admin token %d = %d, want 401", i, res.status)
+		}
+	}
+	res := doURL(t, http.MethodGet, b.admin+"/admin/v1/audit", "wrong-token-0123456789", nil, nil)
+	if res.status != http.StatusTooManyRequests {
+		t.Fatalf("3rd wrong admin token = %d, want 429", res.status)
+	}
+}
