@@ -16,6 +16,9 @@ import (
 	"time"
 
 	"github.com/labstack/echo/v4"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/codes"
+	"go.opentelemetry.io/otel/trace"
 
 	"github.com/mobile-token-broker/broker/broker"
 )
@@ -99,6 +102,8 @@ func checkPrefix(prefix string) error {
 		return errors.New(`prefix must not end with "/"`)
 	case prefix == reservedPrefix || strings.HasPrefix(prefix, reservedPrefix+"/"):
 		return fmt.Errorf("prefix %s is reserved for the broker's API", reservedPrefix)
+	case prefix == specPath:
+		return fmt.Errorf("prefix %s is reserved for the broker's API description", specPath)
 	}
 	for seg := range strings.SplitSeq(prefix[1:], "/") {
 		if seg == "" || seg == "." || seg == ".." {
@@ -173,6 +178,9 @@ type ProxyConfig struct {
 	// timeouts, UpstreamTimeout as response header timeout, up to 1024 idle
 	// connections (256 per host) kept for 90s, and HTTP/2 when offered.
 	Transport http.RoundTripper
+	// TracerProvider, when set, traces each upstream call as a client span
+	// whose context the upstream receives in traceparent. Nil means none.
+	TracerProvider trace.TracerProvider
 }
 
 // Proxy is the reverse proxy of the configured routes: it swaps the app's
@@ -184,6 +192,7 @@ type Proxy struct {
 	trusted []netip.Prefix
 	log     *slog.Logger
 	rp      *httputil.ReverseProxy
+	tracer  trace.Tracer // nil without tracing
 }
 
 // NewProxy validates cfg and builds the proxy.
@@ -228,6 +237,9 @@ func NewProxy(cfg ProxyConfig) (*Proxy, error) {
 		tokens:  cfg.Tokens,
 		trusted: slices.Clone(cfg.TrustedProxies),
 		log:     cfg.Logger,
+	}
+	if cfg.TracerProvider != nil {
+		p.tracer = cfg.TracerProvider.Tracer(instrumentationName)
 	}
 	p.rp = &httputil.ReverseProxy{
 		Rewrite:   p.rewrite,
@@ -330,7 +342,24 @@ func (p *Proxy) Handler(c echo.Context) error {
 		sessionID:   sessionID,
 		accessToken: token,
 	}
-	p.rp.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), targetKey{}, t)))
+	ctx := context.WithValue(r.Context(), targetKey{}, t)
+	if p.tracer != nil {
+		var span trace.Span
+		ctx, span = p.tracer.Start(ctx, "proxy "+route.Prefix,
+			trace.WithSpanKind(trace.SpanKindClient),
+			trace.WithAttributes(
+				attribute.String("http.request.method", methodLabel(r.Method)),
+				attribute.String("server.address", route.Upstream.Host),
+				attribute.String("broker.route", route.Prefix),
+			))
+		defer func() {
+			if t.err != nil {
+				span.SetStatus(codes.Error, broker.ErrorMessage(t.err))
+			}
+			span.End()
+		}()
+	}
+	p.rp.ServeHTTP(w, r.WithContext(ctx))
 	return t.err
 }
 
@@ -401,6 +430,16 @@ func (p *Proxy) rewrite(pr *httputil.ProxyRequest) {
 	// an upstream.
 	pr.Out.Header.Set("Authorization", "Bearer "+t.accessToken)
 	setForwarded(pr.Out, pr.In, p.trusted)
+	if id := RequestID(pr.In.Context()); id != "" {
+		pr.Out.Header.Set(requestIDHeader, id)
+	}
+	if p.tracer != nil {
+		// Values the app sent give way to the context of the broker's
+		// span, itself a child of the app's trace when it sent one.
+		pr.Out.Header.Del("Traceparent")
+		pr.Out.Header.Del("Tracestate")
+		injectTraceContext(pr.In.Context(), pr.Out.Header)
+	}
 }
 
 // errUpstreamUnavailable is the answer when no response came from upstream.

@@ -3,7 +3,9 @@ package handlers
 // routes lists every route of both listeners.
 func (s *Server) routes() {
 	pub := s.Public
-	pub.Use(s.metrics.observe("public"), s.accessLog)
+	pub.Use(s.middleware("public")...)
+
+	pub.GET(specPath, openAPI)
 
 	v1 := pub.Group("/v1", limitBody)
 	v1.POST("/sessions", s.createSession, s.limitExchange)
@@ -18,10 +20,11 @@ func (s *Server) routes() {
 	}
 
 	adm := s.Admin
-	adm.Use(s.metrics.observe("admin"), s.accessLog)
+	adm.Use(s.middleware("admin")...)
 	adm.GET("/healthz", s.healthz)
 	adm.GET("/readyz", s.readyz)
 	adm.GET("/metrics", s.metrics.handler(s.log))
+	adm.GET(specPath, openAPI)
 
 	// Every path under /admin/v1, unknown ones included, needs an admin
 	// token: the group's middleware runs for its catch-all too, so an

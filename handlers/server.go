@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/labstack/echo/v4"
+	"go.opentelemetry.io/otel/trace"
 
 	"github.com/mobile-token-broker/broker/broker"
 )
@@ -39,7 +40,12 @@ type Config struct {
 	// one given to broker.Config to have the domain's counts there too.
 	// Default: a new one with the HTTP metrics only.
 	Metrics *Metrics
-	Logger  *slog.Logger
+	// TracerProvider, when set, traces every request of both listeners
+	// (OpenTelemetry, W3C trace context). Nil means no tracing and no cost.
+	TracerProvider trace.TracerProvider
+	// Logger receives the access log and errors; wrap its handler with
+	// NewLogHandler to have request ids on every line.
+	Logger *slog.Logger
 }
 
 // Server holds the two Echo instances: the public one for apps and the admin
@@ -69,6 +75,18 @@ func New(cfg Config) (*Server, error) {
 	}
 	s.routes()
 	return s, nil
+}
+
+// middleware returns the middleware every request of a listener passes
+// through, outermost first: the request id comes first so that every later
+// log line and span carries it, and the access log last so that the status
+// it reads is final.
+func (s *Server) middleware(listener string) []echo.MiddlewareFunc {
+	mw := []echo.MiddlewareFunc{requestID}
+	if tp := s.cfg.TracerProvider; tp != nil {
+		mw = append(mw, tracing(tp.Tracer(instrumentationName), listener))
+	}
+	return append(mw, s.metrics.observe(listener), s.accessLog)
 }
 
 func newEcho(log *slog.Logger) *echo.Echo {

@@ -46,6 +46,21 @@ var steps = []Step{
 		Name:    "initial key layout",
 		Up:      func(context.Context, redis.UniversalClient) error { return nil },
 	},
+	{
+		// Version 2 adds an index of every session by absolute expiry, so
+		// that operators can count and walk the live sessions without a
+		// SCAN of the whole keyspace, spread over sixteen keys so that it is
+		// no hot key on Cluster:
+		//
+		//	broker:expiry:{<0-f>}   zset: session ids by absolute expiry; the
+		//	                        shard is FNV-1a(id) mod 16
+		//
+		// Create writes it from this version on; the step indexes the
+		// sessions written before.
+		Version: 2,
+		Name:    "index sessions by expiry",
+		Up:      indexByExpiry,
+	},
 }
 
 // Steps returns the migration steps in the order they apply.

@@ -129,12 +129,13 @@ func (s *Store) open(id, blob string) (*sealed, error) {
 	return &p, nil
 }
 
-// Create stores a new session, then adds it to the subject's index and, if
-// it has one, the sid's. The index entries come second: a session missing
-// from an index could escape a revocation, while an index entry without a
-// session is merely pruned later. If indexing fails the session is removed
-// again as well as Redis allows; one that stays behind is harmless, since
-// its handle is only handed out after Create succeeded.
+// Create stores a new session, then adds it to the subject's index, the
+// expiry index and, if it has one, the sid's. The index entries come
+// second: a session missing from an index could escape a revocation, while
+// an index entry without a session is merely pruned later. If indexing
+// fails the session is removed again as well as Redis allows; one that
+// stays behind is harmless, since its handle is only handed out after
+// Create succeeded.
 func (s *Store) Create(ctx context.Context, sess *broker.Session) error {
 	if !broker.ValidSessionID(sess.ID) {
 		return errors.New("create session: invalid session id")
@@ -169,7 +170,7 @@ func (s *Store) Create(ctx context.Context, sess *broker.Session) error {
 	}
 
 	now := s.now().UnixMilli()
-	indexes := []string{subjectKey(sess.Subject)}
+	indexes := []string{subjectKey(sess.Subject), expiryKey(sess.ID)}
 	if sess.SID != "" {
 		indexes = append(indexes, sidKey(sess.SID))
 	}
@@ -268,6 +269,7 @@ func (s *Store) Delete(ctx context.Context, id string) (*broker.Session, error) 
 	}
 	pipe := s.client.Pipeline()
 	pipe.ZRem(ctx, subjectKey(h[fieldSub]), id)
+	pipe.ZRem(ctx, expiryKey(id), id)
 	if sid := h[fieldSID]; sid != "" {
 		pipe.ZRem(ctx, sidKey(sid), id)
 	}

@@ -46,6 +46,9 @@ func runStoreSuite(t *testing.T, newStore func(t *testing.T) *Store) {
 	t.Run("TamperedTok", func(t *testing.T) { testTamperedTok(t, newStore(t)) })
 	t.Run("MovedTok", func(t *testing.T) { testMovedTok(t, newStore(t)) })
 	t.Run("ReadAfterChange", func(t *testing.T) { testReadAfterChange(t, newStore(t)) })
+	t.Run("ExpiryIndex", func(t *testing.T) { testExpiryIndex(t, newStore(t)) })
+	t.Run("Rekey", func(t *testing.T) { testRekey(t, newStore(t)) })
+	t.Run("RekeyCompareAndSet", func(t *testing.T) { testRekeyCompareAndSet(t, newStore(t)) })
 }
 
 // testReadAfterChange reads a session repeatedly while its record changes

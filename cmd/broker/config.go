@@ -1,6 +1,7 @@
 package main
 
 import (
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"net/netip"
@@ -35,6 +36,69 @@ type config struct {
 	TrustedProxies  trustedCIDRs `env:"BROKER_TRUSTED_PROXIES"`
 	RateExchange    rateLimit    `env:"BROKER_RATE_LIMIT_EXCHANGE" envDefault:"10/s"`
 	RateInvalid     rateLimit    `env:"BROKER_RATE_LIMIT_INVALID" envDefault:"20/s"`
+	// TLSCert and TLSKey, both or neither, serve the public listener over
+	// TLS (HTTP/2 by ALPN) from PEM files.
+	TLSCert string `env:"BROKER_TLS_CERT"`
+	TLSKey  string `env:"BROKER_TLS_KEY"`
+	// The standard OpenTelemetry variables the broker reads itself; the
+	// exporter and SDK read the others (OTEL_EXPORTER_OTLP_HEADERS,
+	// OTEL_EXPORTER_OTLP_TIMEOUT, OTEL_TRACES_SAMPLER,
+	// OTEL_RESOURCE_ATTRIBUTES...) from the process environment. Tracing is
+	// on only when an endpoint is set.
+	OTLPEndpoint       string `env:"OTEL_EXPORTER_OTLP_ENDPOINT"`
+	OTLPTracesEndpoint string `env:"OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"`
+	OTLPProtocol       string `env:"OTEL_EXPORTER_OTLP_PROTOCOL"`
+	OTLPTracesProtocol string `env:"OTEL_EXPORTER_OTLP_TRACES_PROTOCOL"`
+	OTelServiceName    string `env:"OTEL_SERVICE_NAME" envDefault:"token-broker"`
+	OTelSDKDisabled    string `env:"OTEL_SDK_DISABLED"`
+	OTelTracesExporter string `env:"OTEL_TRACES_EXPORTER"`
+}
+
+// tracesEndpoint returns the URL the OTLP/HTTP exporter posts spans to, or
+// "" when tracing is off. OTEL_EXPORTER_OTLP_TRACES_ENDPOINT is used as
+// given; OTEL_EXPORTER_OTLP_ENDPOINT is a base URL that gets /v1/traces
+// appended, as the OTLP exporter specification says.
+func (c *config) tracesEndpoint() string {
+	if strings.EqualFold(c.OTelSDKDisabled, "true") || strings.EqualFold(c.OTelTracesExporter, "none") {
+		return ""
+	}
+	if c.OTLPTracesEndpoint != "" {
+		return c.OTLPTracesEndpoint
+	}
+	if c.OTLPEndpoint != "" {
+		return strings.TrimSuffix(c.OTLPEndpoint, "/") + "/v1/traces"
+	}
+	return ""
+}
+
+// checkTelemetry reports the OpenTelemetry settings the broker cannot honour.
+func (c *config) checkTelemetry() []string {
+	var problems []string
+	for _, v := range []struct{ name, value string }{
+		{"OTEL_EXPORTER_OTLP_ENDPOINT", c.OTLPEndpoint},
+		{"OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", c.OTLPTracesEndpoint},
+	} {
+		if v.value == "" {
+			continue
+		}
+		if u, err := url.Parse(v.value); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+			problems = append(problems, v.name+" must be an absolute http(s) URL")
+		}
+	}
+	for _, v := range []struct{ name, value string }{
+		{"OTEL_EXPORTER_OTLP_PROTOCOL", c.OTLPProtocol},
+		{"OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", c.OTLPTracesProtocol},
+	} {
+		// Only the HTTP exporter is built in: it keeps gRPC out of the
+		// binary, and every collector accepts OTLP over HTTP.
+		if v.value != "" && v.value != "http/protobuf" {
+			problems = append(problems, v.name+" must be http/protobuf, the only OTLP protocol the broker speaks")
+		}
+	}
+	if e := c.OTelTracesExporter; e != "" && e != "otlp" && e != "none" {
+		problems = append(problems, "OTEL_TRACES_EXPORTER must be otlp or none")
+	}
+	return problems
 }
 
 // envNames lists every variable the broker reads, so that run can take a
@@ -109,6 +173,14 @@ func loadConfig(getenv func(string) string, requireKeys bool) (*config, error) {
 			problems = append(problems, "BROKER_OIDC_ISSUER must be an absolute http(s) URL")
 		}
 	}
+	if (cfg.TLSCert == "") != (cfg.TLSKey == "") {
+		problems = append(problems, "BROKER_TLS_CERT and BROKER_TLS_KEY must be set together (PEM files of the public listener's certificate chain and key) or not at all")
+	} else if cfg.TLSCert != "" {
+		if _, err := tls.LoadX509KeyPair(cfg.TLSCert, cfg.TLSKey); err != nil {
+			problems = append(problems, "BROKER_TLS_CERT and BROKER_TLS_KEY do not hold a usable PEM certificate chain and matching key: "+err.Error())
+		}
+	}
+	problems = append(problems, cfg.checkTelemetry()...)
 	if len(problems) > 0 {
 		return nil, &configError{problems: problems}
 	}

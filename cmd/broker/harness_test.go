@@ -22,6 +22,7 @@ import (
 	"github.com/mobile-token-broker/broker/internal/devidp"
 	"github.com/mobile-token-broker/broker/internal/redistest"
 	"github.com/mobile-token-broker/broker/migrations"
+	"github.com/mobile-token-broker/broker/sessions"
 )
 
 // The end-to-end tests run the broker's real wiring (serve) against a real
@@ -88,11 +89,20 @@ type stackOptions struct {
 	clientSecret   string
 	accessTokenTTL time.Duration
 	env            map[string]string
+	// redisURL points the stack at a Redis the test started, e.g. a
+	// Sentinel or Cluster URL; the stack's own standalone Redis when empty,
+	// and then only is stack.redis set.
+	redisURL string
 }
 
 func newStack(t testing.TB, opts stackOptions) *stack {
 	t.Helper()
-	rs := redistest.Start(t)
+	var rs *redistest.Server
+	redisURL := opts.redisURL
+	if redisURL == "" {
+		rs = redistest.Start(t)
+		redisURL = rs.URL()
+	}
 	idp, err := devidp.Start(devidp.Config{
 		ClientSecret:   opts.clientSecret,
 		RedirectURIs:   []string{redirectURI},
@@ -103,13 +113,18 @@ func newStack(t testing.TB, opts stackOptions) *stack {
 	}
 	t.Cleanup(func() { _ = idp.Close() })
 	up := newUpstream(t)
-	if _, _, err := migrations.Apply(context.Background(), rs.Client(t)); err != nil {
+	rdb, err := sessions.NewClient(redisURL)
+	if err != nil {
+		t.Fatalf("sessions.NewClient: %v", err)
+	}
+	defer rdb.Close()
+	if _, _, err := migrations.Apply(context.Background(), rdb); err != nil {
 		t.Fatalf("migrations.Apply: %v", err)
 	}
 	env := map[string]string{
 		"BROKER_LISTEN":             "127.0.0.1:0",
 		"BROKER_ADMIN_LISTEN":       "127.0.0.1:0",
-		"BROKER_REDIS_URL":          rs.URL(),
+		"BROKER_REDIS_URL":          redisURL,
 		"BROKER_OIDC_ISSUER":        idp.Issuer(),
 		"BROKER_OIDC_CLIENT_ID":     idp.ClientID(),
 		"BROKER_OIDC_CLIENT_SECRET": opts.clientSecret,
@@ -324,7 +339,7 @@ func doURL(t testing.TB, method, url, bearer string, body any, header http.Heade
 	if bearer != "" {
 		req.Header.Set("Authorization", "Bearer "+bearer)
 	}
-	resp, err := http.DefaultClient.Do(req)
+	resp, err := clientFor(t).Do(req)
 	if err != nil {
 		t.Fatalf("%s %s: %v", method, url, err)
 	}

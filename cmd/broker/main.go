@@ -4,6 +4,7 @@
 //
 //	broker serve       run the service (configuration from the environment)
 //	broker migrate     apply pending migrations of the session store
+//	broker rekey       reseal every session under the first encryption key
 //	broker dev         run a self-contained development stack
 //	broker dev login   play the mobile app against `broker dev`
 //	broker sessions    list, show and revoke sessions through the admin API
@@ -39,7 +40,7 @@ func main() {
 	}
 }
 
-var errUsage = errors.New("usage: broker serve | broker migrate | broker dev [login] | broker sessions list|show|revoke | broker audit")
+var errUsage = errors.New("usage: broker serve | broker migrate | broker rekey | broker dev [login] | broker sessions list|show|revoke | broker audit")
 
 // run dispatches a subcommand. It returns instead of exiting so that tests
 // can drive the whole program.
@@ -52,6 +53,8 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		return serve(ctx, getenv, stdout, stderr, nil)
 	case "migrate":
 		return migrate(ctx, getenv, stdout)
+	case "rekey":
+		return rekey(ctx, getenv, stdout)
 	case "dev":
 		return devCommand(ctx, args[1:], getenv, stdout, stderr)
 	case "sessions":

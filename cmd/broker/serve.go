@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
@@ -11,6 +12,11 @@ import (
 	"time"
 
 	"github.com/redis/go-redis/v9"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/exporters/otlp/otlptrace/otlptracehttp"
+	"go.opentelemetry.io/otel/sdk/resource"
+	sdktrace "go.opentelemetry.io/otel/sdk/trace"
+	"go.opentelemetry.io/otel/trace"
 
 	"github.com/mobile-token-broker/broker/broker"
 	"github.com/mobile-token-broker/broker/handlers"
@@ -27,6 +33,8 @@ type hooks struct {
 	listening func(public, admin string)
 	// now replaces the wall clock.
 	now func() time.Time
+	// tracerProvider receives the tracer provider when tracing is on.
+	tracerProvider func(*sdktrace.TracerProvider)
 }
 
 func serve(ctx context.Context, getenv func(string) string, _, stderr io.Writer, h *hooks) error {
@@ -73,7 +81,28 @@ func runBroker(ctx context.Context, cfg *config, rdb redis.UniversalClient, keys
 	if h.now == nil {
 		h.now = time.Now
 	}
+	// Every line logged with a request's context carries its request id,
+	// the broker package's included.
+	log = slog.New(handlers.NewLogHandler(log.Handler()))
 	redis.SetLogger(redisLogger{log})
+	tp, err := newTracerProvider(ctx, cfg)
+	if err != nil {
+		return err
+	}
+	if tp != nil {
+		defer func() {
+			// Flush the spans still batched; an unreachable collector must
+			// not hold up the exit for long.
+			sctx, scancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+			defer scancel()
+			if err := tp.Shutdown(sctx); err != nil {
+				log.Warn("flushing traces failed", "error", err)
+			}
+		}()
+		if h.tracerProvider != nil {
+			h.tracerProvider(tp)
+		}
+	}
 	store := sessions.New(rdb, keys, sessions.Options{Now: h.now})
 	metrics := handlers.NewMetrics()
 	svc, err := broker.New(broker.Config{
@@ -101,6 +130,7 @@ func runBroker(ctx context.Context, cfg *config, rdb redis.UniversalClient, keys
 		UpstreamTimeout: time.Duration(cfg.UpstreamTimeout),
 		TrustedProxies:  cfg.TrustedProxies,
 		Logger:          log,
+		TracerProvider:  tracerProviderOrNil(tp),
 	})
 	if err != nil {
 		return err
@@ -115,6 +145,7 @@ func runBroker(ctx context.Context, cfg *config, rdb redis.UniversalClient, keys
 		Ping:              store.Ping,
 		AdminTokens:       cfg.AdminTokens,
 		Metrics:           metrics,
+		TracerProvider:    tracerProviderOrNil(tp),
 		Logger:            log,
 	})
 	if err != nil {
@@ -142,10 +173,17 @@ func runBroker(ctx context.Context, cfg *config, rdb redis.UniversalClient, keys
 	}
 	servers := []*http.Server{newHTTPServer(srv.Public, log), newHTTPServer(srv.Admin, log)}
 	errc := make(chan error, 2)
-	for i, l := range []net.Listener{public, admin} {
-		go func() { errc <- servers[i].Serve(l) }()
-	}
-	log.Info("broker listening", "public", public.Addr().String(), "admin", admin.Addr().String(), "issuer", cfg.Issuer, "routes", len(cfg.Routes))
+	tlsOn := cfg.TLSCert != ""
+	go func() {
+		if tlsOn {
+			// ServeTLS offers h2 and http/1.1 by ALPN.
+			errc <- servers[0].ServeTLS(public, cfg.TLSCert, cfg.TLSKey)
+			return
+		}
+		errc <- servers[0].Serve(public)
+	}()
+	go func() { errc <- servers[1].Serve(admin) }()
+	log.Info("broker listening", "public", public.Addr().String(), "admin", admin.Addr().String(), "tls", tlsOn, "tracing", tp != nil, "issuer", cfg.Issuer, "routes", len(cfg.Routes))
 
 	select {
 	case <-ctx.Done():
@@ -168,10 +206,44 @@ func runBroker(ctx context.Context, cfg *config, rdb redis.UniversalClient, keys
 func newHTTPServer(h http.Handler, log *slog.Logger) *http.Server {
 	return &http.Server{
 		Handler: h,
+		// TLS 1.2 at least, with Go's default cipher suites, which keep
+		// HTTP/2's required suites available.
+		TLSConfig: &tls.Config{MinVersion: tls.VersionTLS12},
 		// No write timeout: proxied responses stream for as long as the
 		// upstream sends.
 		ReadHeaderTimeout: 10 * time.Second,
 		IdleTimeout:       120 * time.Second,
 		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
 	}
+}
+
+// newTracerProvider returns an OpenTelemetry tracer provider exporting over
+// OTLP/HTTP when an endpoint is configured, nil otherwise: without one the
+// broker starts no span at all.
+func newTracerProvider(ctx context.Context, cfg *config) (*sdktrace.TracerProvider, error) {
+	endpoint := cfg.tracesEndpoint()
+	if endpoint == "" {
+		return nil, nil
+	}
+	// The endpoint is passed explicitly because the broker reads its
+	// settings through getenv; the exporter still reads the other standard
+	// variables (headers, timeout, compression, certificates) itself.
+	exp, err := otlptracehttp.New(ctx, otlptracehttp.WithEndpointURL(endpoint))
+	if err != nil {
+		return nil, fmt.Errorf("OTEL_EXPORTER_OTLP_ENDPOINT: %w", err)
+	}
+	res, err := resource.Merge(resource.Default(), resource.NewSchemaless(attribute.String("service.name", cfg.OTelServiceName)))
+	if err != nil {
+		return nil, fmt.Errorf("OpenTelemetry resource: %w", err)
+	}
+	return sdktrace.NewTracerProvider(sdktrace.WithBatcher(exp), sdktrace.WithResource(res)), nil
+}
+
+// tracerProviderOrNil keeps a nil provider an untyped nil interface, which
+// the handlers read as "tracing off".
+func tracerProviderOrNil(tp *sdktrace.TracerProvider) trace.TracerProvider {
+	if tp == nil {
+		return nil
+	}
+	return tp
 }

@@ -43,6 +43,9 @@ type Server struct {
 	bin  string
 	dir  string
 	port int
+	// args returns redis-server's arguments for a port. Restart calls it
+	// again with the same port.
+	args func(port int) ([]string, error)
 
 	mu   sync.Mutex
 	proc *process
@@ -68,12 +71,46 @@ func Start(t testing.TB) *Server {
 	if u := os.Getenv(EnvURL); u != "" {
 		return external(t, u)
 	}
+	return startServer(t, lookPath(t, "redis-server", " or set "+EnvURL), nil)
+}
 
-	bin, err := exec.LookPath("redis-server")
+// standaloneArgs are the arguments of a server without persistence but
+// its append-only file, which lets Restart bring back the data. A replica
+// gets its first copy at once rather than after the default 5 s a master
+// waits for more replicas to share the transfer.
+func standaloneArgs(dir string, port int) []string {
+	return []string{
+		"--repl-diskless-sync-delay", "0",
+		"--port", strconv.Itoa(port),
+		"--bind", "127.0.0.1",
+		"--save", "",
+		"--appendonly", "yes",
+		"--appendfsync", "always",
+		"--dir", dir,
+		"--daemonize", "no",
+	}
+}
+
+// lookPath finds a Redis binary or fails the test saying how to get it.
+func lookPath(t testing.TB, name, alternative string) string {
+	t.Helper()
+	bin, err := exec.LookPath(name)
 	if err != nil {
-		t.Fatalf("redistest: redis-server not found in PATH (%v): install Redis (e.g. apt-get install redis-server, brew install redis) or set %s", err, EnvURL)
+		t.Fatalf("redistest: %s not found in PATH (%v): install Redis (e.g. apt-get install redis-server, brew install redis)%s", name, err, alternative)
+	}
+	return bin
+}
+
+// startServer runs bin on a free port with the arguments args returns for
+// its directory and the port (those of a standalone server when nil), in a
+// directory of its own, and kills it when the test ends.
+func startServer(t testing.TB, bin string, args func(dir string, port int) ([]string, error)) *Server {
+	t.Helper()
+	if args == nil {
+		args = func(dir string, port int) ([]string, error) { return standaloneArgs(dir, port), nil }
 	}
 	s := &Server{bin: bin, dir: t.TempDir()}
+	s.args = func(port int) ([]string, error) { return args(s.dir, port) }
 	t.Cleanup(func() { s.kill() })
 
 	var errs []error
@@ -171,16 +208,12 @@ func (s *Server) skipExternal(t testing.TB, op string) {
 
 // launch starts redis-server on s.port and waits until it answers PING.
 func (s *Server) launch() error {
+	args, err := s.args(s.port)
+	if err != nil {
+		return err
+	}
 	out := &lockedBuffer{}
-	cmd := exec.Command(s.bin,
-		"--port", strconv.Itoa(s.port),
-		"--bind", "127.0.0.1",
-		"--save", "",
-		"--appendonly", "yes",
-		"--appendfsync", "always",
-		"--dir", s.dir,
-		"--daemonize", "no",
-	)
+	cmd := exec.Command(s.bin, args...)
 	cmd.Dir = s.dir
 	cmd.Stdout = out
 	cmd.Stderr = out
@@ -201,6 +234,12 @@ func (s *Server) launch() error {
 	s.proc = p
 	s.mu.Unlock()
 	return nil
+}
+
+func (s *Server) running() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.proc != nil
 }
 
 // kill stops the running process, if any, and waits for it to exit.

@@ -1,0 +1,100 @@
+package handlers
+
+import (
+	"context"
+	"crypto/rand"
+	"log/slog"
+
+	"github.com/labstack/echo/v4"
+)
+
+// requestIDHeader carries a request's id in both directions and to the
+// upstream, so that one id ties the app's report, the broker's log lines and
+// the upstream's logs together.
+const requestIDHeader = "X-Request-Id"
+
+// maxRequestIDLen bounds a client-sent id, which lands on every log line.
+const maxRequestIDLen = 128
+
+type requestIDKey struct{}
+
+// ContextWithRequestID returns ctx carrying the request id id.
+func ContextWithRequestID(ctx context.Context, id string) context.Context {
+	return context.WithValue(ctx, requestIDKey{}, id)
+}
+
+// RequestID returns the request id ctx carries, or "".
+func RequestID(ctx context.Context) string {
+	id, _ := ctx.Value(requestIDKey{}).(string)
+	return id
+}
+
+// saneRequestID reports whether a client-sent id may be kept: 1 to 128
+// characters of [A-Za-z0-9._-]. Anything else could forge log fields, split
+// log lines or bloat every line of the request, and is replaced.
+func saneRequestID(id string) bool {
+	if id == "" || len(id) > maxRequestIDLen {
+		return false
+	}
+	for i := range len(id) {
+		c := id[i]
+		if !('a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9' || c == '.' || c == '_' || c == '-') {
+			return false
+		}
+	}
+	return true
+}
+
+// requestID gives every request an id: the client's X-Request-Id when it is
+// sane (a gateway in front may have set it), a random one otherwise. The id
+// is echoed in the response, put in the request's context for the log lines
+// (see NewLogHandler) and set on the request's own header so that the proxy
+// passes on the id in use rather than a refused one.
+func requestID(next echo.HandlerFunc) echo.HandlerFunc {
+	return func(c echo.Context) error {
+		r := c.Request()
+		id := r.Header.Get(requestIDHeader)
+		if !saneRequestID(id) {
+			// 130 random bits in 26 characters of base32.
+			id = rand.Text()
+		}
+		r.Header.Set(requestIDHeader, id)
+		c.Response().Header().Set(requestIDHeader, id)
+		c.SetRequest(r.WithContext(ContextWithRequestID(r.Context(), id)))
+		return next(c)
+	}
+}
+
+// NewLogHandler wraps h so that every record logged with a context that
+// carries a request id gets a request_id attribute, and, when the context
+// carries a recorded trace span, trace_id and span_id. The broker package
+// logs with the request's context, so its lines carry them too without
+// knowing about HTTP.
+func NewLogHandler(h slog.Handler) slog.Handler {
+	if _, ok := h.(*logHandler); ok {
+		return h
+	}
+	return &logHandler{next: h}
+}
+
+type logHandler struct{ next slog.Handler }
+
+func (h *logHandler) Enabled(ctx context.Context, l slog.Level) bool {
+	return h.next.Enabled(ctx, l)
+}
+
+func (h *logHandler) Handle(ctx context.Context, r slog.Record) error {
+	if id := RequestID(ctx); id != "" {
+		r.AddAttrs(slog.String("request_id", id))
+	}
+	r.AddAttrs(traceAttrs(ctx)...)
+	return h.next.Handle(ctx, r)
+}
+
+func (h *logHandler) WithAttrs(attrs []slog.Attr) slog.Handler {
+	return &logHandler{next: h.next.WithAttrs(attrs)}
+}
+
+func (h *logHandler) WithGroup(name string) slog.Handler {
+	return &logHandler{next: h.next.WithGroup(name)}
+}

@@ -1,0 +1,54 @@
+package handlers
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"log/slog"
+	"strings"
+	"testing"
+)
+
+func TestSaneRequestID(t *testing.T) {
+	for _, tc := range []struct {
+		id   string
+		want bool
+	}{
+		{"abc-123_X.y", true},
+		{strings.Repeat("a", 128), true},
+		{"", false},
+		{strings.Repeat("a", 129), false},
+		{"two words", false},
+		{"line\nbreak", false},
+		{`quote"`, false},
+		{"caf\u00e9", false},
+	} {
+		if got := saneRequestID(tc.id); got != tc.want {
+			t.Errorf("saneRequestID(%q) = %v, want %v", tc.id, got, tc.want)
+		}
+	}
+}
+
+func TestLogHandlerAddsRequestID(t *testing.T) {
+	var buf bytes.Buffer
+	log := slog.New(NewLogHandler(slog.NewJSONHandler(&buf, nil))).With("component", "test")
+	log.InfoContext(ContextWithRequestID(context.Background(), "rid-1"), "with id")
+	log.InfoContext(context.Background(), "without id")
+	lines := strings.Split(strings.TrimSpace(buf.String()), "\n")
+	if len(lines) != 2 {
+		t.Fatalf("got %d log lines, want 2: %s", len(lines), buf.String())
+	}
+	for i, want := range []any{"rid-1", nil} {
+		var m map[string]any
+		if err := json.Unmarshal([]byte(lines[i]), &m); err != nil {
+			t.Fatal(err)
+		}
+		if m["request_id"] != want || m["component"] != "test" {
+			t.Errorf("line %d = %s, want request_id %v and the logger's attributes", i, lines[i], want)
+		}
+	}
+	// Wrapping twice must not add the attribute twice.
+	if inner := NewLogHandler(slog.NewJSONHandler(&buf, nil)); NewLogHandler(inner) != inner {
+		t.Error("NewLogHandler wrapped its own handler again")
+	}
+}
