@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/caarlos0/env/v11"
+	"github.com/redis/go-redis/v9"
 
 	"github.com/mobile-token-broker/broker/handlers"
 	"github.com/mobile-token-broker/broker/sessions"
@@ -150,7 +151,7 @@ func loadConfig(getenv func(string) string, requireKeys bool) (*config, error) {
 	if cfg.RedisURL == "" {
 		problems = append(problems, "BROKER_REDIS_URL is required (use `broker dev` for an embedded development store)")
 	} else if _, err := sessions.NewClient(cfg.RedisURL); err != nil {
-		problems = append(problems, "BROKER_REDIS_URL is not a valid redis:// or rediss:// URL")
+		problems = append(problems, errRedisURL)
 	}
 	if requireKeys && cfg.EncryptionKeys.Keyring == nil && environ["BROKER_ENCRYPTION_KEYS"] == "" {
 		problems = append(problems, "BROKER_ENCRYPTION_KEYS is required: comma-separated KEYID:BASE64(32 bytes)")
@@ -185,6 +186,24 @@ func loadConfig(getenv func(string) string, requireKeys bool) (*config, error) {
 		return nil, &configError{problems: problems}
 	}
 	return &cfg, nil
+}
+
+// errRedisURL says what BROKER_REDIS_URL may be; the URL itself is never
+// echoed, since it may hold a password.
+const errRedisURL = "BROKER_REDIS_URL is not a valid redis://, rediss://, redis+sentinel://, rediss+sentinel://, redis+cluster:// or rediss+cluster:// URL"
+
+// redisFromEnv connects to BROKER_REDIS_URL for the commands that need only
+// the store (migrate, rekey); problem is "" when the URL is fine.
+func redisFromEnv(getenv func(string) string) (rdb redis.UniversalClient, problem string) {
+	raw := getenv("BROKER_REDIS_URL")
+	if raw == "" {
+		return nil, "BROKER_REDIS_URL is required"
+	}
+	rdb, err := sessions.NewClient(raw)
+	if err != nil {
+		return nil, errRedisURL
+	}
+	return rdb, ""
 }
 
 // configError lists every configuration problem, one per line.

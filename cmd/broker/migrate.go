@@ -7,19 +7,14 @@ import (
 	"io"
 
 	"github.com/mobile-token-broker/broker/migrations"
-	"github.com/mobile-token-broker/broker/sessions"
 )
 
 // migrate applies the pending migrations of the session store. It needs only
 // BROKER_REDIS_URL.
 func migrate(ctx context.Context, getenv func(string) string, stdout io.Writer) error {
-	raw := getenv("BROKER_REDIS_URL")
-	if raw == "" {
-		return &configError{problems: []string{"BROKER_REDIS_URL is required"}}
-	}
-	rdb, err := sessions.NewClient(raw)
-	if err != nil {
-		return &configError{problems: []string{"BROKER_REDIS_URL is not a valid redis:// or rediss:// URL"}}
+	rdb, problem := redisFromEnv(getenv)
+	if problem != "" {
+		return &configError{problems: []string{problem}}
 	}
 	defer rdb.Close()
 	from, to, err := migrations.Apply(ctx, rdb)

@@ -15,10 +15,13 @@ import (
 // BROKER_ENCRYPTION_KEYS, and runs beside serving brokers.
 func rekey(ctx context.Context, getenv func(string) string, stdout io.Writer) error {
 	var problems []string
-	rawURL, rawKeys := getenv("BROKER_REDIS_URL"), getenv("BROKER_ENCRYPTION_KEYS")
-	if rawURL == "" {
-		problems = append(problems, "BROKER_REDIS_URL is required")
+	rdb, problem := redisFromEnv(getenv)
+	if problem != "" {
+		problems = append(problems, problem)
+	} else {
+		defer rdb.Close()
 	}
+	rawKeys := getenv("BROKER_ENCRYPTION_KEYS")
 	var keys *sessions.Keyring
 	if rawKeys == "" {
 		problems = append(problems, "BROKER_ENCRYPTION_KEYS is required: comma-separated KEYID:BASE64(32 bytes)")
@@ -32,11 +35,6 @@ func rekey(ctx context.Context, getenv func(string) string, stdout io.Writer) er
 	if len(problems) > 0 {
 		return &configError{problems: problems}
 	}
-	rdb, err := sessions.NewClient(rawURL)
-	if err != nil {
-		return &configError{problems: []string{"BROKER_REDIS_URL is not a valid redis:// or rediss:// URL"}}
-	}
-	defer rdb.Close()
 	// Rekeying a layout this broker does not know could miss sessions or
 	// touch keys it misreads.
 	if err := migrations.Check(ctx, rdb); err != nil {
