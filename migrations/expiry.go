@@ -70,7 +70,11 @@ func sessionKey(id string) string { return "broker:session:{" + id + "}" }
 const scanBatch = 1000
 
 // scanSessions calls fn with the ids of the stored sessions, a batch at a
-// time, walking every master of a Cluster (each holds its own keyspace).
+// time. The sessions package has the same walk for rekey; a migration step
+// keeps its own copy of what it reads so that it goes on doing what it did
+// when it was written, whatever later layouts change in the store.
+//
+// It walks every master of a Cluster (each holds its own keyspace).
 // SCAN may return a key more than once and misses none that lived
 // throughout, which suits idempotent steps. fn may run concurrently for
 // different masters.

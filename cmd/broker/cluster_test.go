@@ -2,9 +2,7 @@ package main
 
 import (
 	"context"
-	"fmt"
 	"net/http"
-	"sync"
 	"testing"
 	"time"
 
@@ -85,31 +83,7 @@ func TestCluster(t *testing.T) {
 	// lives in the session's slot.
 	t.Run("refresh storm", func(t *testing.T) {
 		c := s.login(brokers[0])
-		refreshesBefore := s.idp.Count("refresh_token")
-		s.idp.SetAccessTokenTTL(time.Hour)
-		s.clock.Advance(5 * time.Second) // the access token has expired
-
-		const n = 200
-		var wg sync.WaitGroup
-		statuses := make([]int, n)
-		for i := range n {
-			wg.Go(func() {
-				res := do(t, brokers[i%len(brokers)], http.MethodGet, fmt.Sprintf("/api/storm/%d", i), c.Session, nil)
-				statuses[i] = res.status
-			})
-		}
-		wg.Wait()
-		for i, st := range statuses {
-			if st != http.StatusOK {
-				t.Errorf("request %d = %d, want 200", i, st)
-			}
-		}
-		if got := s.idp.Count("refresh_token") - refreshesBefore; got != 1 {
-			t.Errorf("the IdP saw %d refresh grants, want exactly 1", got)
-		}
-		if auths := s.upstream.authorizations(); len(auths) != 1 {
-			t.Errorf("the upstream saw %d distinct access tokens, want 1", len(auths))
-		}
+		s.refreshStorm(t, brokers, c.Session, 200)
 	})
 }
 

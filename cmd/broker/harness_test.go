@@ -350,3 +350,42 @@ func doURL(t testing.TB, method, url, bearer string, body any, header http.Heade
 	}
 	return response{status: resp.StatusCode, header: resp.Header, body: b}
 }
+
+// refreshStorm expires the session's access token and sends n concurrent
+// proxied requests with its handle, spread over brokers. Every request must
+// succeed, the IdP must see exactly one refresh grant, and the upstream must
+// see one access token during the storm: the refreshed one.
+func (s *stack) refreshStorm(t *testing.T, brokers []*instance, handle string, n int) {
+	t.Helper()
+	refreshesBefore := s.idp.Count("refresh_token")
+	authsBefore := s.upstream.authorizations()
+	s.idp.SetAccessTokenTTL(time.Hour)
+	s.clock.Advance(5 * time.Second) // the access token has expired
+
+	var wg sync.WaitGroup
+	statuses := make([]int, n)
+	for i := range n {
+		wg.Go(func() {
+			res := do(t, brokers[i%len(brokers)], http.MethodGet, fmt.Sprintf("/api/storm/%d", i), handle, nil)
+			statuses[i] = res.status
+		})
+	}
+	wg.Wait()
+	for i, st := range statuses {
+		if st != http.StatusOK {
+			t.Errorf("request %d = %d, want 200", i, st)
+		}
+	}
+	if got := s.idp.Count("refresh_token") - refreshesBefore; got != 1 {
+		t.Errorf("the IdP saw %d refresh grants, want exactly 1", got)
+	}
+	used := 0
+	for auth, count := range s.upstream.authorizations() {
+		if count != authsBefore[auth] {
+			used++
+		}
+	}
+	if used != 1 {
+		t.Errorf("the upstream saw %d distinct access tokens during the storm, want 1", used)
+	}
+}

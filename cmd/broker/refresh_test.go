@@ -1,9 +1,7 @@
 package main
 
 import (
-	"fmt"
 	"net/http"
-	"sync"
 	"testing"
 	"time"
 )
@@ -15,31 +13,7 @@ func TestRefreshStorm(t *testing.T) {
 	s := newStack(t, stackOptions{accessTokenTTL: 2 * time.Second})
 	brokers := []*instance{s.start(), s.start(), s.start()}
 	c := s.login(brokers[0])
-	s.idp.SetAccessTokenTTL(time.Hour)
-	s.clock.Advance(5 * time.Second) // the access token has expired
-
-	const n = 200
-	var wg sync.WaitGroup
-	statuses := make([]int, n)
-	for i := range n {
-		wg.Go(func() {
-			res := do(t, brokers[i%len(brokers)], http.MethodGet, fmt.Sprintf("/api/storm/%d", i), c.Session, nil)
-			statuses[i] = res.status
-		})
-	}
-	wg.Wait()
-	for i, st := range statuses {
-		if st != http.StatusOK {
-			t.Errorf("request %d = %d, want 200", i, st)
-		}
-	}
-	if got := s.idp.Count("refresh_token"); got != 1 {
-		t.Errorf("the IdP saw %d refresh grants, want exactly 1", got)
-	}
-	// Everyone used the one refreshed token (plus none of the old one).
-	if auths := s.upstream.authorizations(); len(auths) != 1 {
-		t.Errorf("the upstream saw %d distinct access tokens, want 1", len(auths))
-	}
+	s.refreshStorm(t, brokers, c.Session, 200)
 }
 
 // A token with less than the skew left is refreshed before use.
