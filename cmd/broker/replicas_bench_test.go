@@ -1,0 +1,253 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"maps"
+	"os/exec"
+	"runtime"
+	"runtime/pprof"
+	"slices"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+)
+
+// The replica benchmarks run 1, 2 and 3 brokers on one stack (one Redis, one
+// IdP, one upstream) and spread the same load across them, with one session
+// shared by all. They show what one more replica costs or gains on this
+// machine and that the hot path stays at one Redis command per request
+// whatever the number of replicas.
+//
+//	go test -run='^$' -bench='^BenchmarkProxyReplicas$' -benchtime=5s ./cmd/broker/
+//	go test -run='^$' -bench='^BenchmarkProxyReplicasWrk$' -benchtime=1x ./cmd/broker/
+//
+// Every broker, the clients and Redis share this machine's cores: on a small
+// machine more replicas cannot add throughput, only show whether anything
+// degrades.
+
+// replicaCounts are the numbers of brokers the replica benchmarks run.
+var replicaCounts = []int{1, 2, 3}
+
+// replicaTargets returns the first n brokers of env's stack as targets,
+// starting more brokers if the stack has fewer.
+func replicaTargets(tb testing.TB, env *benchEnv, n int) []benchTarget {
+	tb.Helper()
+	for len(env.stack.brokers) < n {
+		pprof.Do(context.Background(), pprof.Labels("role", "broker"), func(context.Context) { env.stack.start() })
+	}
+	targets := make([]benchTarget, n)
+	for i, inst := range env.stack.brokers[:n] {
+		targets[i] = benchTarget{
+			name: "broker-" + strconv.Itoa(i+1),
+			url:  inst.base + "/api/items/42?fields=all",
+			auth: env.broker.auth,
+		}
+	}
+	return targets
+}
+
+// brokerLogBytes is the log output of every broker of the stack so far.
+func brokerLogBytes(env *benchEnv) int {
+	return len(env.stack.allLogs())
+}
+
+// BenchmarkProxyReplicas drives GET requests through 1, 2 and then 3 brokers
+// with benchClients concurrent keep-alive clients in this process, each
+// client sending its requests to the brokers in turn, and reports throughput
+// and latency percentiles as BenchmarkProxy does, with the Redis commands
+// per request over all brokers (redis-cmds/op).
+func BenchmarkProxyReplicas(b *testing.B) {
+	env := newBenchEnv(b)
+	for _, n := range replicaCounts {
+		targets := replicaTargets(b, env, n)
+		b.Run("brokers="+strconv.Itoa(n), func(b *testing.B) {
+			benchReplicas(b, env, targets)
+		})
+	}
+}
+
+func benchReplicas(b *testing.B, env *benchEnv, targets []benchTarget) {
+	ctx := context.Background()
+	procs := runtime.GOMAXPROCS(0)
+	b.SetParallelism((benchClients + procs - 1) / procs)
+	client := loadClient(benchClients)
+	defer client.CloseIdleConnections()
+
+	before := takeSnapshot(b, env)
+	beforeLogs := brokerLogBytes(env)
+	var (
+		mu        sync.Mutex
+		latencies = make([]time.Duration, 0, b.N)
+		failures  atomic.Int64
+		lastErr   atomic.Value
+		next      atomic.Int64 // first broker of each client
+		perBroker = make([]atomic.Int64, len(targets))
+	)
+	b.ResetTimer()
+	start := time.Now()
+	pprof.Do(ctx, pprof.Labels("role", "client"), func(context.Context) {
+		b.RunParallel(func(pb *testing.PB) {
+			own := make([]time.Duration, 0, 1024)
+			i := int(next.Add(1))
+			for pb.Next() {
+				i = (i + 1) % len(targets)
+				t0 := time.Now()
+				if err := get(client, targets[i]); err != nil {
+					failures.Add(1)
+					lastErr.Store(fmt.Errorf("%s: %w", targets[i].name, err))
+					continue
+				}
+				own = append(own, time.Since(t0))
+				perBroker[i].Add(1)
+			}
+			mu.Lock()
+			latencies = append(latencies, own...)
+			mu.Unlock()
+		})
+	})
+	elapsed := time.Since(start)
+	b.StopTimer()
+	if n := failures.Load(); n > 0 {
+		b.Fatalf("%d of %d requests failed, last: %v", n, b.N, lastErr.Load())
+	}
+	after := takeSnapshot(b, env)
+	afterLogs := brokerLogBytes(env)
+
+	b.ReportMetric(float64(b.N)/elapsed.Seconds(), "req/s")
+	b.ReportMetric(percentile(latencies, 0.50), "p50-ms")
+	b.ReportMetric(percentile(latencies, 0.99), "p99-ms")
+	b.ReportMetric(float64(after.upstreamConns-before.upstreamConns), "upstream-dials")
+	b.ReportMetric(float64(after.cpu-before.cpu)/float64(time.Microsecond)/float64(b.N), "cpu-us/op")
+	use := redisUseBetween(b, env.rdb, before, after)
+	b.ReportMetric(float64(use.commands)/float64(b.N), "redis-cmds/op")
+	b.ReportMetric(float64(use.writes), "redis-writes")
+	b.ReportMetric(float64(afterLogs-beforeLogs)/float64(b.N), "log-B/op")
+	if use.writes > 0 || use.commands > int64(b.N) {
+		b.Logf("Redis on the hot path: %s", use)
+	}
+	// The clients alternate brokers, so each broker's share is 1/n of the
+	// requests; a lopsided share would make the throughput figure lie.
+	for i := range perBroker {
+		if got, want := perBroker[i].Load(), int64(b.N/len(targets)); b.N >= 100*len(targets) && (got < want*9/10 || got > want*11/10) {
+			b.Errorf("%s served %d of %d requests, want about %d", targets[i].name, got, b.N, want)
+		}
+	}
+}
+
+// BenchmarkProxyReplicasWrk loads 1, 2 and then 3 brokers with one wrk
+// process per broker, all running at once and sharing -wrk.connections
+// between them, each after an unmeasured concurrent warm-up run. It reports
+// the summed requests per second, the worst p50 and p99 among the wrk
+// processes (wrk's percentiles cannot be merged), the CPU time this process
+// spent per request (all brokers plus the upstream) and the Redis commands
+// per request. Run it once: -benchtime=1x.
+func BenchmarkProxyReplicasWrk(b *testing.B) {
+	bin, err := exec.LookPath("wrk")
+	if err != nil {
+		b.Skip("wrk is not in PATH: install it (apt-get install wrk, brew install wrk) to run this benchmark")
+	}
+	env := newBenchEnv(b)
+	for _, n := range replicaCounts {
+		targets := replicaTargets(b, env, n)
+		b.Run("brokers="+strconv.Itoa(n), func(b *testing.B) {
+			benchReplicasWrk(b, env, bin, targets)
+		})
+	}
+}
+
+func benchReplicasWrk(b *testing.B, env *benchEnv, bin string, targets []benchTarget) {
+	b.ResetTimer()
+	var sum map[string]float64
+	for range b.N {
+		if _, err := runWrkReplicas(bin, targets, *wrkWarmup); err != nil {
+			b.Fatalf("wrk warm-up: %v", err)
+		}
+		before := takeSnapshot(b, env)
+		res, err := runWrkReplicas(bin, targets, *wrkDuration)
+		if err != nil {
+			b.Fatalf("wrk: %v", err)
+		}
+		after := takeSnapshot(b, env)
+		var total wrkResult
+		for i, r := range res {
+			b.Logf("%s: %d requests, %.0f req/s, p50 %.3f ms, p99 %.3f ms", targets[i].name, r.requests, r.rps, r.p50, r.p99)
+			total.requests += r.requests
+			total.rps += r.rps
+			total.p50 = max(total.p50, r.p50)
+			total.p99 = max(total.p99, r.p99)
+		}
+		// wrk does not count the requests in flight when it stops, Redis
+		// does: expect redis-cmds/req a little above 1.
+		use := redisUseBetween(b, env.rdb, before, after)
+		b.Logf("all: %d requests, %.0f req/s; Redis %s", total.requests, total.rps, use)
+		metrics := map[string]float64{
+			"req/s":          total.rps,
+			"p50-ms":         total.p50,
+			"p99-ms":         total.p99,
+			"cpu-us/req":     float64(after.cpu-before.cpu) / float64(time.Microsecond) / float64(total.requests),
+			"redis-cmds/req": float64(use.commands) / float64(total.requests),
+			"redis-writes":   float64(use.writes),
+		}
+		if sum == nil {
+			sum = map[string]float64{}
+		}
+		for k, v := range metrics {
+			sum[k] += v / float64(b.N)
+		}
+	}
+	b.StopTimer()
+	for _, k := range slices.Sorted(maps.Keys(sum)) {
+		b.ReportMetric(sum[k], k)
+	}
+	// ns/op would be the length of the wrk runs: meaningless here.
+	b.ReportMetric(0, "ns/op")
+}
+
+// runWrkReplicas runs one wrk process per target at once for d, sharing
+// -wrk.connections and -wrk.threads between them, and returns their reports
+// in the order of targets.
+func runWrkReplicas(bin string, targets []benchTarget, d time.Duration) ([]wrkResult, error) {
+	n := len(targets)
+	threads := max(*wrkThreads/n, 1)
+	secs := max(int(d.Round(time.Second)/time.Second), 1)
+	results := make([]wrkResult, n)
+	errs := make([]error, n)
+	var wg sync.WaitGroup
+	for i, target := range targets {
+		// The first connections%n processes take one connection more.
+		conns := *wrkConnections / n
+		if i < *wrkConnections%n {
+			conns++
+		}
+		conns = max(conns, threads)
+		wg.Go(func() {
+			cmd := exec.Command(bin,
+				"-t", strconv.Itoa(threads),
+				"-c", strconv.Itoa(conns),
+				"-d", strconv.Itoa(secs)+"s",
+				"--timeout", "5s",
+				"--latency",
+				"-H", "Authorization: "+target.auth,
+				target.url,
+			)
+			out, err := cmd.CombinedOutput()
+			if err != nil {
+				errs[i] = fmt.Errorf("%s: %v: %s", target.name, err, out)
+				return
+			}
+			if results[i], err = parseWrk(string(out)); err != nil {
+				errs[i] = fmt.Errorf("%s: %w", target.name, err)
+			}
+		})
+	}
+	wg.Wait()
+	for _, err := range errs {
+		if err != nil {
+			return nil, err
+		}
+	}
+	return results, nil
+}
