@@ -305,7 +305,7 @@ func BenchmarkProxyWrk(b *testing.B) {
 	}
 	env := newBenchEnv(b)
 	b.ResetTimer()
-	var sum map[string]float64
+	means := meanMetrics{}
 	for range b.N {
 		m := map[string]wrkResult{}
 		for _, target := range []benchTarget{env.plain, env.broker} {
@@ -346,19 +346,10 @@ func BenchmarkProxyWrk(b *testing.B) {
 			"broker-log-B/req":      br.logBytesPerReq,
 			"broker-upstream-dials": float64(br.upstreamDials),
 		}
-		if sum == nil {
-			sum = map[string]float64{}
-		}
-		for k, v := range metrics {
-			sum[k] += v / float64(b.N)
-		}
+		means.add(b, metrics)
 	}
 	b.StopTimer()
-	for _, k := range slices.Sorted(maps.Keys(sum)) {
-		b.ReportMetric(sum[k], k)
-	}
-	// ns/op would be the length of the wrk runs: meaningless here.
-	b.ReportMetric(0, "ns/op")
+	means.report(b)
 }
 
 // wrkResult is what one wrk run measured, and what the process spent.
@@ -637,4 +628,22 @@ func TestProxyRedisPerRequest(t *testing.T) {
 	if dials := after.upstreamConns - before.upstreamConns; dials > 4 {
 		t.Errorf("%d proxied requests on 4 connections opened %d upstream connections, want at most 4", n, dials)
 	}
+}
+
+// meanMetrics averages the metrics of a wrk benchmark's b.N runs.
+type meanMetrics map[string]float64
+
+func (m meanMetrics) add(b *testing.B, metrics map[string]float64) {
+	for k, v := range metrics {
+		m[k] += v / float64(b.N)
+	}
+}
+
+// report reports every mean, in a stable order, and a zero ns/op: the
+// length of the wrk runs means nothing here.
+func (m meanMetrics) report(b *testing.B) {
+	for _, k := range slices.Sorted(maps.Keys(m)) {
+		b.ReportMetric(m[k], k)
+	}
+	b.ReportMetric(0, "ns/op")
 }

@@ -3,11 +3,9 @@ package main
 import (
 	"context"
 	"fmt"
-	"maps"
 	"os/exec"
 	"runtime"
 	"runtime/pprof"
-	"slices"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -160,7 +158,7 @@ func BenchmarkProxyReplicasWrk(b *testing.B) {
 
 func benchReplicasWrk(b *testing.B, env *benchEnv, bin string, targets []benchTarget) {
 	b.ResetTimer()
-	var sum map[string]float64
+	means := meanMetrics{}
 	for range b.N {
 		if _, err := runWrkReplicas(bin, targets, *wrkWarmup); err != nil {
 			b.Fatalf("wrk warm-up: %v", err)
@@ -191,19 +189,10 @@ func benchReplicasWrk(b *testing.B, env *benchEnv, bin string, targets []benchTa
 			"redis-cmds/req": float64(use.commands) / float64(total.requests),
 			"redis-writes":   float64(use.writes),
 		}
-		if sum == nil {
-			sum = map[string]float64{}
-		}
-		for k, v := range metrics {
-			sum[k] += v / float64(b.N)
-		}
+		means.add(b, metrics)
 	}
 	b.StopTimer()
-	for _, k := range slices.Sorted(maps.Keys(sum)) {
-		b.ReportMetric(sum[k], k)
-	}
-	// ns/op would be the length of the wrk runs: meaningless here.
-	b.ReportMetric(0, "ns/op")
+	means.report(b)
 }
 
 // runWrkReplicas runs one wrk process per target at once for d, sharing
