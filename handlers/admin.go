@@ -27,6 +27,10 @@ type AdminToken struct {
 	// this token.
 	Name   string
 	digest [sha256.Size]byte
+	// position is the entry's place in BROKER_ADMIN_TOKENS, for messages;
+	// short marks a token below minAdminTokenLen.
+	position int
+	short    bool
 }
 
 // String never shows the token.
@@ -35,8 +39,8 @@ func (t AdminToken) String() string { return t.Name + ":[redacted]" }
 // defaultAdminName is the actor of a token configured without a name.
 const defaultAdminName = "admin"
 
-// minAdminTokenLen is the shortest token accepted: anything shorter is a
-// password, not a bearer token one can keep in a secret store.
+// minAdminTokenLen is the shortest token that draws no warning: anything
+// shorter is a password, not a bearer token one can keep in a secret store.
 const minAdminTokenLen = 16
 
 // maxAdminNameLen bounds a token's name, which appears in every audit event.
@@ -44,28 +48,25 @@ const maxAdminNameLen = 64
 
 // ParseAdminTokens parses BROKER_ADMIN_TOKENS: comma-separated entries, each
 // TOKEN or NAME:TOKEN. The name is the audit actor ("admin" when none is
-// given); it is up to 64 letters, digits and "._@-". A token may not hold a
-// comma, since the comma separates entries; a token holding ":" must be
-// given with a name, since the first ":" ends the name. A token is at least
-// 16 printable ASCII characters without spaces, so that it can travel in an
-// Authorization header. Names and tokens are unique. An empty spec yields no
-// tokens, which leaves the admin API closed. Every bad entry is reported by
-// its position; no error ever holds a token.
+// given), up to 64 printable characters. A token may not hold a comma, since
+// the comma separates entries; a token holding ":" must be given with a name,
+// since the first ":" ends the name; it is printable ASCII without spaces, so
+// that it can travel in an Authorization header. Empty entries (a trailing
+// comma) are skipped; an entry repeating an earlier token is dropped. Weak
+// settings the contract allows (short tokens, a name used twice) are kept
+// and reported by AdminTokenWarnings. An empty spec yields no tokens, which
+// leaves the admin API closed. Every bad entry is reported by its position;
+// no error or warning ever holds a token.
 func ParseAdminTokens(spec string) ([]AdminToken, error) {
-	if spec == "" {
-		return nil, nil
-	}
 	var (
-		tokens []AdminToken
-		errs   []error
+		tokens  []AdminToken
+		errs    []error
+		digests = map[[sha256.Size]byte]bool{}
 	)
-	names := map[string]int{}
-	digests := map[[sha256.Size]byte]int{}
 	for i, entry := range strings.Split(spec, ",") {
 		pos := i + 1
 		entry = strings.TrimSpace(entry)
 		if entry == "" {
-			errs = append(errs, fmt.Errorf("entry %d is empty", pos))
 			continue
 		}
 		name, token, named := strings.Cut(entry, ":")
@@ -80,23 +81,36 @@ func ParseAdminTokens(spec string) ([]AdminToken, error) {
 			errs = append(errs, fmt.Errorf("entry %d: %w", pos, err))
 			continue
 		}
-		t := AdminToken{Name: name, digest: sha256.Sum256([]byte(token))}
-		if prev, ok := names[name]; ok {
-			// The audit trail must tell the holders of two tokens apart.
-			errs = append(errs, fmt.Errorf("entry %d: the name %q is already used by entry %d (an entry without a name is named %q)", pos, name, prev, defaultAdminName))
+		t := AdminToken{Name: name, digest: sha256.Sum256([]byte(token)), position: pos, short: len(token) < minAdminTokenLen}
+		if digests[t.digest] {
 			continue
 		}
-		if prev, ok := digests[t.digest]; ok {
-			errs = append(errs, fmt.Errorf("entry %d: the token repeats the one of entry %d", pos, prev))
-			continue
-		}
-		names[name], digests[t.digest] = pos, pos
+		digests[t.digest] = true
 		tokens = append(tokens, t)
 	}
 	if err := errors.Join(errs...); err != nil {
 		return nil, err
 	}
 	return tokens, nil
+}
+
+// AdminTokenWarnings names what is weak about a token set, for the start-up
+// log: tokens short enough to guess, and names shared by several tokens,
+// whose holders the audit trail cannot tell apart.
+func AdminTokenWarnings(tokens []AdminToken) []string {
+	var warnings []string
+	seen := map[string]int{}
+	for _, t := range tokens {
+		if t.short {
+			warnings = append(warnings, fmt.Sprintf("BROKER_ADMIN_TOKENS entry %d (%s) is shorter than %d characters: use a long random token", t.position, t.Name, minAdminTokenLen))
+		}
+		if prev, ok := seen[t.Name]; ok {
+			warnings = append(warnings, fmt.Sprintf("BROKER_ADMIN_TOKENS entries %d and %d are both named %q: the audit trail cannot tell their holders apart", prev, t.position, t.Name))
+			continue
+		}
+		seen[t.Name] = t.position
+	}
+	return warnings
 }
 
 func checkAdminName(name string) error {
@@ -107,8 +121,8 @@ func checkAdminName(name string) error {
 		return fmt.Errorf("the name is longer than %d characters", maxAdminNameLen)
 	}
 	for _, r := range name {
-		if !('a' <= r && r <= 'z' || 'A' <= r && r <= 'Z' || '0' <= r && r <= '9' || strings.ContainsRune("._@-", r)) {
-			return errors.New("the name may hold only letters, digits and ._@-")
+		if r < ' ' || r == 0x7f {
+			return errors.New("the name may hold only printable characters")
 		}
 	}
 	return nil
@@ -122,9 +136,6 @@ func checkAdminToken(token string) error {
 		if token[i] <= ' ' || token[i] >= 0x7f {
 			return errors.New("the token may hold only printable ASCII characters without spaces")
 		}
-	}
-	if len(token) < minAdminTokenLen {
-		return fmt.Errorf("the token is shorter than %d characters", minAdminTokenLen)
 	}
 	return nil
 }

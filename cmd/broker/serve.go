@@ -154,6 +154,9 @@ func runBroker(ctx context.Context, cfg *config, rdb redis.UniversalClient, keys
 	if len(cfg.AdminTokens) == 0 {
 		log.Warn("BROKER_ADMIN_TOKENS is not set: every /admin/v1/ call will get 401")
 	}
+	for _, w := range handlers.AdminTokenWarnings(cfg.AdminTokens) {
+		log.Warn(w)
+	}
 
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
