@@ -186,10 +186,11 @@ func (s *Server) requireAdmin(next echo.HandlerFunc) echo.HandlerFunc {
 			denied, why = errWrongAdminToken, "wrong token"
 		}
 		if denied != nil {
-			// Refusals count against the client's invalid-credential
-			// budget, so that guessing tokens or flooding the capped audit
-			// trail with refusals is throttled like guessing handles.
-			if err := s.limit(c, "invalid", s.cfg.InvalidHandleRate); err != nil {
+			// Refusals have a budget of their own at the invalid-handle
+			// rate, so that guessing tokens or flooding the capped audit
+			// trail with refusals is throttled like guessing handles,
+			// without the two spending each other's budget.
+			if err := s.limit(c, "admin-denied", s.cfg.InvalidHandleRate); err != nil {
 				return err
 			}
 			s.cfg.Service.AdminDenied(r.Context(), r.Method+" "+c.Path()+": "+why)

@@ -87,11 +87,15 @@ func TestRateLimitOff(t *testing.T) {
 	}
 }
 
-// Refused admin calls share the invalid-credential budget: guessing admin
-// tokens, or flooding the capped audit trail with refusals, is throttled.
+// Refused admin calls are throttled at the invalid-handle rate, on a budget
+// of their own: guessing admin tokens, or flooding the capped audit trail
+// with refusals, is limited, and bad handles do not spend it.
 func TestRateLimitAdminRefusals(t *testing.T) {
 	s := newStack(t, stackOptions{env: map[string]string{"BROKER_RATE_LIMIT_INVALID": "2/m"}})
 	b := s.start()
+	for range 3 {
+		do(t, b, http.MethodGet, "/v1/session", "garbage", nil)
+	}
 	for i := range 2 {
 		res := doURL(t, http.MethodGet, b.admin+"/admin/v1/audit", "wrong-token-0123456789", nil, nil)
 		if res.status != http.StatusUnauthorized {
