@@ -202,3 +202,36 @@ func TestNewValidates(t *testing.T) {
 		}
 	}
 }
+
+func TestRefreshBackoffs(t *testing.T) {
+	var b backoffs
+	t0 := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	if b.active("s1", t0) {
+		t.Fatal("active before any failure")
+	}
+	b.set("s1", t0.Add(refreshBackoff))
+	if !b.active("s1", t0.Add(refreshBackoff-time.Nanosecond)) {
+		t.Error("not active within the backoff")
+	}
+	if b.active("s1", t0.Add(refreshBackoff)) {
+		t.Error("still active when the backoff ran out")
+	}
+	if b.active("s2", t0) {
+		t.Error("another session backs off too")
+	}
+	b.clear("s1")
+	if b.active("s1", t0) {
+		t.Error("active after a successful refresh cleared it")
+	}
+	// Past the limit, entries that ran out make room.
+	for i := range backoffLimit {
+		b.set(fmt.Sprint("old", i), t0)
+	}
+	b.set("new", t0.Add(time.Hour))
+	if n := len(b.until); n > backoffLimit/2 {
+		t.Errorf("%d entries kept after pruning, want the expired ones dropped", n)
+	}
+	if !b.active("new", t0.Add(time.Minute)) {
+		t.Error("the new entry was dropped")
+	}
+}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"sync"
 	"time"
 
 	"golang.org/x/oauth2"
@@ -12,6 +13,55 @@ import (
 // refreshPoll is how often a replica that waits for another one's refresh
 // re-reads the session.
 const refreshPoll = 25 * time.Millisecond
+
+// While an access token is still valid, a request waits at most
+// usableRefreshWait for its refresh, and after a refresh failed for an IdP
+// outage the session tries again only after refreshBackoff: an IdP that
+// hangs must not add its timeout to every request.
+const (
+	usableRefreshWait = 2 * time.Second
+	refreshBackoff    = 5 * time.Second
+)
+
+// backoffs remembers, per session, until when not to retry a refresh that
+// failed for an IdP outage. It is per process: at worst each replica tries
+// once per interval.
+type backoffs struct {
+	mu    sync.Mutex
+	until map[string]time.Time
+}
+
+// backoffLimit bounds the map; past it, entries that ran out are dropped.
+const backoffLimit = 10000
+
+func (b *backoffs) active(id string, now time.Time) bool {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	t, ok := b.until[id]
+	return ok && now.Before(t)
+}
+
+func (b *backoffs) set(id string, until time.Time) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.until == nil {
+		b.until = map[string]time.Time{}
+	}
+	if len(b.until) >= backoffLimit {
+		for k, t := range b.until {
+			if t.Before(until.Add(-refreshBackoff)) {
+				delete(b.until, k)
+			}
+		}
+	}
+	b.until[id] = until
+}
+
+func (b *backoffs) clear(id string) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	delete(b.until, id)
+}
 
 // freshTokens returns tokens whose access token has at least RefreshSkew
 // left, refreshing them when needed.
@@ -35,18 +85,42 @@ func (s *Service) freshTokens(ctx context.Context, sess *Session) (Tokens, error
 		// with its access token.
 		return Tokens{}, ErrInvalidToken
 	}
+	usable := s.usable(sess.Tokens, now)
+	if usable && s.backoff.active(sess.ID, now) {
+		// A refresh of this session failed for an IdP outage moments ago:
+		// spare the IdP, and the request the wait, while the token lasts.
+		return sess.Tokens, nil
+	}
 	stale := sess.Tokens.AccessToken
 	ch := s.flight.DoChan("refresh:"+sess.ID, func() (any, error) {
 		// Detached from the first caller: its cancellation must not fail
-		// the callers that joined it.
+		// the callers that joined it, and a caller that stops waiting
+		// leaves the refresh to finish and store its result.
 		ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), s.cfg.LockTTL+2*s.cfg.IdPTimeout)
 		defer cancel()
-		return s.refreshShared(ctx, sess.ID, stale)
+		t, err := s.refreshShared(ctx, sess.ID, stale)
+		if ErrorCode(err) == CodeIdPUnavailable {
+			s.backoff.set(sess.ID, s.cfg.Now().Add(refreshBackoff))
+		} else {
+			s.backoff.clear(sess.ID)
+		}
+		return t, err
 	})
+	// A request whose token is still valid waits for a slow IdP only
+	// briefly; one whose token has expired has nothing else to use.
+	var patience <-chan time.Time
+	if usable {
+		t := time.NewTimer(usableRefreshWait)
+		defer t.Stop()
+		patience = t.C
+	}
 	var res singleflightResult
 	select {
 	case r := <-ch:
 		res = singleflightResult{r.Val, r.Err, r.Shared}
+	case <-patience:
+		s.log.WarnContext(ctx, "refresh is slow, using the current access token while it lasts", "session_id", sess.ID)
+		return sess.Tokens, nil
 	case <-ctx.Done():
 		return Tokens{}, wrap(CodeIdPUnavailable, ctx.Err(), "the request ended while the session was being refreshed")
 	}

@@ -67,10 +67,11 @@ func (noMetrics) Revocation(string) {}
 
 // Service runs the broker's use cases. It is safe for concurrent use.
 type Service struct {
-	cfg    Config
-	log    *slog.Logger
-	idp    atomic.Pointer[idp]
-	flight singleflight.Group
+	cfg     Config
+	log     *slog.Logger
+	idp     atomic.Pointer[idp]
+	flight  singleflight.Group
+	backoff backoffs
 }
 
 // New validates cfg, fills in defaults and returns a Service. Discovery is

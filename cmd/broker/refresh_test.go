@@ -1,6 +1,7 @@
 package main
 
 import (
+	"io"
 	"net/http"
 	"testing"
 	"time"
@@ -123,4 +124,41 @@ func TestSessionWithoutRefreshToken(t *testing.T) {
 	if got := s.idp.Count("refresh_token"); got != 0 {
 		t.Errorf("refresh grants = %d, want 0", got)
 	}
+}
+
+// An IdP that hangs does not hold up requests whose token is still valid:
+// they wait for the refresh only briefly and go through with the current
+// token, and the refresh finishes in the background once the IdP answers.
+func TestRefreshWhileIdPHangs(t *testing.T) {
+	s := newStack(t, stackOptions{accessTokenTTL: time.Minute})
+	b := s.start()
+	c := s.login(b)
+	s.clock.Advance(51 * time.Second) // about 8s left: refresh due, token valid throughout
+	s.idp.SetLatency(time.Minute)
+
+	// Well under the broker's 10s IdP timeout: without the bounded wait
+	// this client would give up first.
+	client := &http.Client{Timeout: 6 * time.Second}
+	for i := range 3 {
+		req, err := http.NewRequest(http.MethodGet, b.base+"/api/hang", nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		req.Header.Set("Authorization", "Bearer "+c.Session)
+		resp, err := client.Do(req)
+		if err != nil {
+			t.Fatalf("request %d while the IdP hangs: %v", i, err)
+		}
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusOK {
+			t.Fatalf("request %d while the IdP hangs = %d %s, want 200 with the current token", i, resp.StatusCode, body)
+		}
+	}
+	// One refresh reached the IdP; the requests after it did not start
+	// another while it was pending or backing off.
+	if got := s.idp.Count("refresh_token"); got != 1 {
+		t.Errorf("refresh grants sent while the IdP hangs = %d, want 1", got)
+	}
+	s.idp.SetLatency(0)
 }

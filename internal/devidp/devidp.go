@@ -91,6 +91,7 @@ type Provider struct {
 	server      *http.Server
 	served      chan struct{}
 	failure     int
+	latency     time.Duration
 	counts      map[string]int
 	refreshesOK int
 	revoked     []string
@@ -316,12 +317,29 @@ func (p *Provider) SigningKey() (*rsa.PrivateKey, string) {
 	return p.store.key.key, p.store.key.id
 }
 
-// inject fails every request while a failure status is set.
+// SetLatency makes every request wait d before it is served (0 heals): an
+// IdP that hangs rather than refusing, as one behind a stalled load
+// balancer does. A request whose client gives up stops waiting.
+func (p *Provider) SetLatency(d time.Duration) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.latency = d
+}
+
+// inject delays requests while a latency is set and fails every request
+// while a failure status is set.
 func (p *Provider) inject(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		p.mu.Lock()
-		status := p.failure
+		status, latency := p.failure, p.latency
 		p.mu.Unlock()
+		if latency > 0 {
+			select {
+			case <-time.After(latency):
+			case <-r.Context().Done():
+				return
+			}
+		}
 		if status != 0 {
 			http.Error(w, "devidp: injected failure: "+http.StatusText(status), status)
 			return
