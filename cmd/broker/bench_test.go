@@ -192,7 +192,11 @@ type loadResult struct {
 	p50, p99 float64 // milliseconds
 }
 
-func benchParallel(b *testing.B, env *benchEnv, target benchTarget) loadResult {
+// benchParallel drives GET requests at the targets with benchClients
+// concurrent keep-alive clients, each client sending its requests to the
+// targets in turn, and reports throughput, latency percentiles and, for
+// brokers, the Redis commands and log bytes per request.
+func benchParallel(b *testing.B, env *benchEnv, targets ...benchTarget) loadResult {
 	ctx := context.Background()
 	procs := runtime.GOMAXPROCS(0)
 	b.SetParallelism((benchClients + procs - 1) / procs)
@@ -205,20 +209,25 @@ func benchParallel(b *testing.B, env *benchEnv, target benchTarget) loadResult {
 		latencies = make([]time.Duration, 0, b.N)
 		failures  atomic.Int64
 		lastErr   atomic.Value
+		next      atomic.Int64 // first target of each client
+		perTarget = make([]atomic.Int64, len(targets))
 	)
 	b.ResetTimer()
 	start := time.Now()
 	pprof.Do(ctx, pprof.Labels("role", "client"), func(context.Context) {
 		b.RunParallel(func(pb *testing.PB) {
 			own := make([]time.Duration, 0, 1024)
+			i := int(next.Add(1))
 			for pb.Next() {
+				i = (i + 1) % len(targets)
 				t0 := time.Now()
-				if err := get(client, target); err != nil {
+				if err := get(client, targets[i]); err != nil {
 					failures.Add(1)
-					lastErr.Store(err)
+					lastErr.Store(fmt.Errorf("%s: %w", targets[i].name, err))
 					continue
 				}
 				own = append(own, time.Since(t0))
+				perTarget[i].Add(1)
 			}
 			mu.Lock()
 			latencies = append(latencies, own...)
@@ -228,7 +237,7 @@ func benchParallel(b *testing.B, env *benchEnv, target benchTarget) loadResult {
 	elapsed := time.Since(start)
 	b.StopTimer()
 	if n := failures.Load(); n > 0 {
-		b.Fatalf("%s: %d of %d requests failed, last: %v", target.name, n, b.N, lastErr.Load())
+		b.Fatalf("%d of %d requests failed, last: %v", n, b.N, lastErr.Load())
 	}
 	after := takeSnapshot(b, env)
 
@@ -245,13 +254,20 @@ func benchParallel(b *testing.B, env *benchEnv, target benchTarget) loadResult {
 	// The clients run in this process too: compare, do not read as the
 	// proxy's own cost.
 	b.ReportMetric(float64(after.cpu-before.cpu)/float64(time.Microsecond)/float64(b.N), "cpu-us/op")
-	if target.name == "broker" {
+	if targets[0].name != env.plain.name {
 		use := redisUseBetween(b, env.rdb, before, after)
 		b.ReportMetric(float64(use.commands)/float64(b.N), "redis-cmds/op")
 		b.ReportMetric(float64(use.writes), "redis-writes")
 		b.ReportMetric(float64(after.logBytes-before.logBytes)/float64(b.N), "log-B/op")
 		if use.writes > 0 || use.commands > int64(b.N) {
 			b.Logf("Redis on the hot path: %s", use)
+		}
+	}
+	// Each target's share is 1/n of the requests; a lopsided share would
+	// make the throughput figure lie.
+	for i := range perTarget {
+		if got, want := perTarget[i].Load(), int64(b.N/len(targets)); b.N >= 100*len(targets) && (got < want*9/10 || got > want*11/10) {
+			b.Errorf("%s served %d of %d requests, want about %d", targets[i].name, got, b.N, want)
 		}
 	}
 	return res
@@ -479,7 +495,7 @@ func takeSnapshot(tb testing.TB, env *benchEnv) snapshot {
 		redisCPU:      redisCPU,
 		cpu:           processCPUTime(),
 		upstreamConns: env.upstreamConns.Load(),
-		logBytes:      len(env.inst.logs.String()),
+		logBytes:      len(env.stack.allLogs()),
 	}
 }
 

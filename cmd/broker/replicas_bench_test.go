@@ -4,11 +4,9 @@ import (
 	"context"
 	"fmt"
 	"os/exec"
-	"runtime"
 	"runtime/pprof"
 	"strconv"
 	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 )
@@ -47,11 +45,6 @@ func replicaTargets(tb testing.TB, env *benchEnv, n int) []benchTarget {
 	return targets
 }
 
-// brokerLogBytes is the log output of every broker of the stack so far.
-func brokerLogBytes(env *benchEnv) int {
-	return len(env.stack.allLogs())
-}
-
 // BenchmarkProxyReplicas drives GET requests through 1, 2 and then 3 brokers
 // with benchClients concurrent keep-alive clients in this process, each
 // client sending its requests to the brokers in turn, and reports throughput
@@ -62,76 +55,8 @@ func BenchmarkProxyReplicas(b *testing.B) {
 	for _, n := range replicaCounts {
 		targets := replicaTargets(b, env, n)
 		b.Run("brokers="+strconv.Itoa(n), func(b *testing.B) {
-			benchReplicas(b, env, targets)
+			benchParallel(b, env, targets...)
 		})
-	}
-}
-
-func benchReplicas(b *testing.B, env *benchEnv, targets []benchTarget) {
-	ctx := context.Background()
-	procs := runtime.GOMAXPROCS(0)
-	b.SetParallelism((benchClients + procs - 1) / procs)
-	client := loadClient(benchClients)
-	defer client.CloseIdleConnections()
-
-	before := takeSnapshot(b, env)
-	beforeLogs := brokerLogBytes(env)
-	var (
-		mu        sync.Mutex
-		latencies = make([]time.Duration, 0, b.N)
-		failures  atomic.Int64
-		lastErr   atomic.Value
-		next      atomic.Int64 // first broker of each client
-		perBroker = make([]atomic.Int64, len(targets))
-	)
-	b.ResetTimer()
-	start := time.Now()
-	pprof.Do(ctx, pprof.Labels("role", "client"), func(context.Context) {
-		b.RunParallel(func(pb *testing.PB) {
-			own := make([]time.Duration, 0, 1024)
-			i := int(next.Add(1))
-			for pb.Next() {
-				i = (i + 1) % len(targets)
-				t0 := time.Now()
-				if err := get(client, targets[i]); err != nil {
-					failures.Add(1)
-					lastErr.Store(fmt.Errorf("%s: %w", targets[i].name, err))
-					continue
-				}
-				own = append(own, time.Since(t0))
-				perBroker[i].Add(1)
-			}
-			mu.Lock()
-			latencies = append(latencies, own...)
-			mu.Unlock()
-		})
-	})
-	elapsed := time.Since(start)
-	b.StopTimer()
-	if n := failures.Load(); n > 0 {
-		b.Fatalf("%d of %d requests failed, last: %v", n, b.N, lastErr.Load())
-	}
-	after := takeSnapshot(b, env)
-	afterLogs := brokerLogBytes(env)
-
-	b.ReportMetric(float64(b.N)/elapsed.Seconds(), "req/s")
-	b.ReportMetric(percentile(latencies, 0.50), "p50-ms")
-	b.ReportMetric(percentile(latencies, 0.99), "p99-ms")
-	b.ReportMetric(float64(after.upstreamConns-before.upstreamConns), "upstream-dials")
-	b.ReportMetric(float64(after.cpu-before.cpu)/float64(time.Microsecond)/float64(b.N), "cpu-us/op")
-	use := redisUseBetween(b, env.rdb, before, after)
-	b.ReportMetric(float64(use.commands)/float64(b.N), "redis-cmds/op")
-	b.ReportMetric(float64(use.writes), "redis-writes")
-	b.ReportMetric(float64(afterLogs-beforeLogs)/float64(b.N), "log-B/op")
-	if use.writes > 0 || use.commands > int64(b.N) {
-		b.Logf("Redis on the hot path: %s", use)
-	}
-	// The clients alternate brokers, so each broker's share is 1/n of the
-	// requests; a lopsided share would make the throughput figure lie.
-	for i := range perBroker {
-		if got, want := perBroker[i].Load(), int64(b.N/len(targets)); b.N >= 100*len(targets) && (got < want*9/10 || got > want*11/10) {
-			b.Errorf("%s served %d of %d requests, want about %d", targets[i].name, got, b.N, want)
-		}
 	}
 }
 
