@@ -68,26 +68,15 @@ type adminSession struct {
 	UserAgent  string    `json:"user_agent"`
 }
 
-// adminAuditEvent is one event of GET /admin/v1/audit.
-type adminAuditEvent struct {
-	Time      string `json:"time"`
-	Actor     string `json:"actor"`
-	Action    string `json:"action"`
-	SessionID string `json:"session_id"`
-	Sub       string `json:"sub"`
-	Outcome   string `json:"outcome"`
-	Detail    string `json:"detail"`
-}
-
 // audit reads the newest audit events through the admin API of inst.
-func (s *stack) audit(inst *instance, limit string) ([]adminAuditEvent, response) {
+func (s *stack) audit(inst *instance, limit string) ([]auditEvent, response) {
 	s.t.Helper()
 	res := s.admin(inst, http.MethodGet, "/admin/v1/audit?limit="+limit)
 	if res.status != http.StatusOK {
 		s.t.Fatalf("GET /admin/v1/audit = %d %s, want 200", res.status, res.body)
 	}
 	var out struct {
-		Events []adminAuditEvent `json:"events"`
+		Events []auditEvent `json:"events"`
 	}
 	res.decode(s.t, &out)
 	return out.Events, res
