@@ -75,7 +75,7 @@ func (s *Service) RevokeUser(ctx context.Context, sub, actor string) (UserRevoca
 	}
 	var ended []*Session
 	for _, sess := range list {
-		gone, err := s.cfg.Store.Delete(ctx, sess.ID)
+		e, err := s.cfg.Store.End(ctx, sess.ID, EndReason{Actor: actor, Action: ActionUserRevoke, Reason: "admin", RevokeAtIdP: true})
 		switch {
 		case errors.Is(err, ErrNotFound):
 			continue
@@ -85,7 +85,7 @@ func (s *Service) RevokeUser(ctx context.Context, sub, actor string) (UserRevoca
 			return UserRevocation{Revoked: len(ended)}, fmt.Errorf("delete session: %w", err)
 		}
 		s.cfg.Metrics.Revocation("admin")
-		ended = append(ended, gone)
+		ended = append(ended, e.Session)
 	}
 	res := UserRevocation{Revoked: len(ended), IdPFailures: s.revokeAll(ctx, ended)}
 	ev := AuditEvent{Actor: actor, Action: ActionUserRevoke, Subject: sub, Outcome: OutcomeOK,

@@ -284,7 +284,7 @@ func (s *Service) storeRefreshed(ctx context.Context, id string, t Tokens) error
 			case <-time.After(time.Duration(attempt) * 100 * time.Millisecond):
 			}
 		}
-		err = s.cfg.Store.UpdateTokens(ctx, id, t)
+		err = s.cfg.Store.UpdateTokens(ctx, id, nil, 0, t)
 		if err == nil || !errors.Is(err, ErrStoreUnavailable) {
 			return err
 		}
@@ -294,7 +294,7 @@ func (s *Service) storeRefreshed(ctx context.Context, id string, t Tokens) error
 
 // endRejected ends a session whose refresh the IdP rejected.
 func (s *Service) endRejected(ctx context.Context, sess *Session) {
-	if _, err := s.cfg.Store.Delete(ctx, sess.ID); err != nil && !errors.Is(err, ErrNotFound) {
+	if _, err := s.cfg.Store.End(ctx, sess.ID, EndReason{Actor: ActorBroker, Action: ActionRefreshRejected, Reason: "refresh_rejected"}); err != nil && !errors.Is(err, ErrNotFound) {
 		s.log.WarnContext(ctx, "ending a session whose refresh was rejected failed", "session_id", sess.ID, "error", err)
 		return
 	}

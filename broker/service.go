@@ -284,7 +284,7 @@ func (s *Service) Authenticate(ctx context.Context, handle string) (*Session, er
 	now := s.cfg.Now()
 	if sess.Ended(now) {
 		// The store's TTL is a backstop; a clock check ends it exactly.
-		if _, err := s.cfg.Store.Delete(ctx, id); err == nil {
+		if _, err := s.cfg.Store.End(ctx, id, EndReason{Actor: ActorBroker, Action: ActionExpired, Reason: "expired"}); err == nil {
 			s.audit(ctx, AuditEvent{Actor: ActorBroker, Action: ActionExpired, SessionID: id, Subject: sess.Subject, Outcome: OutcomeOK})
 		}
 		return nil, ErrInvalidToken
@@ -349,10 +349,11 @@ type endReason struct {
 // end deletes a session, revokes its refresh token at the IdP and audits the
 // outcome. The local end stands whatever the IdP does.
 func (s *Service) end(ctx context.Context, id string, why endReason) (*Session, error) {
-	sess, err := s.cfg.Store.Delete(ctx, id)
+	e, err := s.cfg.Store.End(ctx, id, EndReason{Actor: why.actor, Action: why.action, Reason: why.reason, RevokeAtIdP: why.revokeAtIdP})
 	if err != nil {
 		return nil, fmt.Errorf("delete session: %w", err)
 	}
+	sess := e.Session
 	s.cfg.Metrics.Revocation(why.reason)
 	ev := AuditEvent{Actor: why.actor, Action: why.action, SessionID: id, Subject: sess.Subject, Outcome: OutcomeOK}
 	if why.revokeAtIdP {

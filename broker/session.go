@@ -7,6 +7,7 @@ import (
 	"encoding/base64"
 	"strings"
 	"time"
+	"unicode/utf8"
 )
 
 // Session is one signed-in app installation: the tokens the IdP issued, held
@@ -27,6 +28,13 @@ type Session struct {
 	Claims map[string]any
 	// Tokens are encrypted at rest by the store.
 	Tokens Tokens
+	// Generation counts the stored token sets: 1 at creation, one more at
+	// every refresh that stored new tokens. Writers compare it to tell
+	// whether the tokens they read are still the current ones.
+	Generation uint64
+	// Unreadable marks a record listed although it cannot be opened (see
+	// UnreadableError): only its id and clear-text fields are set.
+	Unreadable bool
 
 	CreatedAt  time.Time
 	LastUsedAt time.Time
@@ -35,9 +43,32 @@ type Session struct {
 	// IdleTimeout is how long the session survives without use.
 	IdleTimeout time.Duration
 
-	// IP and UserAgent are those of the request that opened the session.
+	// IP and UserAgent are those of the request that opened the session,
+	// at most MaxIPLen and MaxUserAgentLen bytes.
 	IP        string
 	UserAgent string
+}
+
+// Bounds of what a session and an audit event keep of what clients send.
+const (
+	MaxUserAgentLen   = 256
+	MaxIPLen          = 64
+	MaxAuditDetailLen = 512
+)
+
+// truncate cuts s to at most n bytes without splitting a UTF-8 sequence.
+func truncate(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	s = s[:n]
+	for i := 0; i < 3 && len(s) > 0; i++ {
+		if r, size := utf8.DecodeLastRuneInString(s); r != utf8.RuneError || size != 1 {
+			break
+		}
+		s = s[:len(s)-1]
+	}
+	return strings.ToValidUTF8(s, "")
 }
 
 // ExpiresAt is when the session ends if unused from now on: the earlier of its

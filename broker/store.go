@@ -2,39 +2,137 @@ package broker
 
 import (
 	"context"
+	"errors"
 	"time"
 )
 
 // Store keeps sessions. Implementations must hold the tokens encrypted at rest
-// and must not keep the handle (only Session.SecretHash).
+// and must not keep the handle (only Session.SecretHash). Every field that
+// grants access or decides how long a session lives (the secret hash, the
+// subject, sid, client id, generation, creation, last use, absolute expiry,
+// idle timeout and the tokens) is bound by the encryption: a record edited
+// in the backend by anyone without the keys fails to open and is reported
+// as unreadable, never as a session with the edited values.
 //
 // Errors: ErrNotFound (wrapped) when the session does not exist, expired or
 // was deleted; ErrStoreUnavailable (wrapped) when the backend cannot be
-// reached or did not answer in time. Anything else is an internal error.
+// reached or did not answer in time; an *UnreadableError when the record
+// exists but cannot be opened. A caller's own context ending is reported as
+// the context's error, never as ErrStoreUnavailable. Anything else is an
+// internal error.
+//
+// Every method may be retried after ErrStoreUnavailable, and the backend
+// client may repeat a command whose reply was lost: a repeat of a call that
+// already took effect answers as the first call would have.
 type Store interface {
-	// Create persists a new session that expires at s.ExpiresAt().
+	// Create persists a new session at generation 1 that expires at
+	// s.ExpiresAt().
 	Create(ctx context.Context, s *Session) error
 	// Get returns the session with the given id. The store's own expiry is a
 	// backstop: callers still check Session.Ended.
 	Get(ctx context.Context, id string) (*Session, error)
-	// UpdateTokens atomically replaces the tokens of an existing session. It
-	// never recreates a session that ended meanwhile: it returns ErrNotFound.
-	UpdateTokens(ctx context.Context, id string, t Tokens) error
+	// UpdateTokens is the fenced write of a refresh. In one atomic step it
+	// stores t as generation from+1, only while lease (taken from the
+	// Locker of this store for this session) is still held and the record is
+	// still at generation from. It never recreates a session that ended.
+	//
+	// Errors, with nothing written: ErrNotFound when the session ended;
+	// ErrGenerationMoved when the record is no longer at generation from;
+	// ErrLeaseLost when the lease is no longer this holder's.
+	UpdateTokens(ctx context.Context, id string, lease Lease, from uint64, t Tokens) error
 	// Touch records a use of an existing session at the given time and moves
-	// its expiry to expiresAt; ErrNotFound if the session ended meanwhile.
+	// its expiry to expiresAt; ErrNotFound if the session ended meanwhile. A
+	// touch never moves the last use backwards.
 	Touch(ctx context.Context, id string, at, expiresAt time.Time) error
-	// Delete ends the session and returns it as it was. Of concurrent calls
-	// for one id exactly one gets the session; the others get ErrNotFound.
-	Delete(ctx context.Context, id string) (*Session, error)
+	// End deletes the session and, in the same atomic step, records its
+	// Ending: the record as it was and why it ended, kept for EndRetention
+	// so that the work the end still owes (revoking the refresh token at the
+	// IdP, the audit event) survives a crash of the caller or of the
+	// backend, and so that a repeated end can be told it took effect. Of
+	// concurrent calls for one id exactly one gets the Ending; the others
+	// get ErrNotFound, as does a session that never existed. With
+	// why.IfGeneration set, the session is ended only while its tokens are
+	// at that generation; ErrGenerationMoved otherwise. An unreadable
+	// record is ended all the same (its Ending's Session is Unreadable).
+	End(ctx context.Context, id string, why EndReason) (*Ending, error)
+	// Ending returns the Ending of a session that ended within
+	// EndRetention, done or not; ErrNotFound otherwise.
+	Ending(ctx context.Context, id string) (*Ending, error)
+	// CompleteEnd records that the work of an Ending is done and forgets
+	// the tokens it held; the Ending itself stays for EndRetention.
+	CompleteEnd(ctx context.Context, id string) error
+	// ClaimEnds returns up to limit Endings whose work is not done, that
+	// ended at least olderThan ago and that no caller claimed within the
+	// last claimFor, and claims them for claimFor: the outbox a worker
+	// drains.
+	ClaimEnds(ctx context.Context, olderThan, claimFor time.Duration, limit int) ([]*Ending, error)
 	// ListBySubject returns the live sessions of a subject, newest first,
-	// pruning its index of sessions that ended.
+	// pruning its index of sessions that ended. Unreadable records are
+	// listed too, flagged Session.Unreadable, so they can be ended.
 	ListBySubject(ctx context.Context, sub string) ([]*Session, error)
 	// ListBySID returns the live sessions opened with an ID token carrying
-	// this sid (the IdP's session), newest first, pruning likewise.
+	// this sid (the IdP's session), newest first, likewise.
 	ListBySID(ctx context.Context, sid string) ([]*Session, error)
 	// Ping reports whether the store answers.
 	Ping(ctx context.Context) error
 }
+
+// EndRetention is how long a Store keeps an Ending.
+const EndRetention = 24 * time.Hour
+
+// EndReason says who ends a session, why, and what the end still owes.
+type EndReason struct {
+	Actor  string // admin token name, "user", "idp" or "broker"
+	Action string // the audit action, one of the Action* constants
+	Reason string // the metric label: "logout", "admin", "expired", ...
+	Detail string // for the audit event
+	// RevokeAtIdP asks for the refresh token to be revoked (RFC 7009); not
+	// after the IdP's own back-channel logout or refusal of the token.
+	RevokeAtIdP bool
+	// IfGeneration, when not zero, makes the end conditional on the
+	// session's tokens still being at this generation.
+	IfGeneration uint64
+}
+
+// Ending is a session that ended and what its end still owes.
+type Ending struct {
+	// Session is the record as it was when it ended; Unreadable when it
+	// could not be opened, and then its tokens are unknown.
+	Session *Session
+	Why     EndReason
+	At      time.Time
+	// Done reports that the IdP revocation and the audit event were
+	// handled; the tokens are then forgotten.
+	Done bool
+}
+
+// Errors of the store's conditional writes, for errors.Is.
+var (
+	// ErrGenerationMoved: the session's tokens are no longer at the
+	// generation the caller read; another writer stored newer ones.
+	ErrGenerationMoved = errors.New("the session's tokens moved to a newer generation")
+	// ErrLeaseLost: the caller's lease expired or was taken by another
+	// holder.
+	ErrLeaseLost = errors.New("the refresh lease was lost")
+	// ErrUnreadable matches every *UnreadableError.
+	ErrUnreadable = errors.New("the session record cannot be read")
+)
+
+// UnreadableError reports a stored record that exists but cannot be opened:
+// sealed under a key the keyring lacks, damaged, or edited. Session holds
+// what the record says in the clear (id, subject, sid, times, client
+// address); none of it is authenticated, so it identifies the record for
+// listing and removal only.
+type UnreadableError struct {
+	Session *Session
+	Err     error // why, for the logs; never holds a value of the record
+}
+
+func (e *UnreadableError) Error() string {
+	return "session " + e.Session.ID + " cannot be read: " + e.Err.Error()
+}
+
+func (e *UnreadableError) Unwrap() []error { return []error{ErrUnreadable, e.Err} }
 
 // Locker hands out leases that exclude other holders across every replica
 // sharing the store.
@@ -47,8 +145,10 @@ type Locker interface {
 // Lease is a held lock. Only its owner can extend or release it: a lease
 // that expired and was taken by another holder is left alone.
 type Lease interface {
-	// Extend renews the lease for its ttl; it returns an error if the lease
-	// was lost.
+	// Extend renews the lease for its ttl. It returns ErrLeaseLost
+	// (wrapped) if the lease is no longer this holder's, and
+	// ErrStoreUnavailable if the store could not say: the lease may still
+	// be held, until its ttl runs out.
 	Extend(ctx context.Context) error
 	// Release frees the lease if this owner still holds it.
 	Release(ctx context.Context) error
@@ -56,6 +156,8 @@ type Lease interface {
 
 // ReplayGuard remembers one-time token ids across every replica.
 type ReplayGuard interface {
+	// Used reports whether id was recorded and its record still lasts.
+	Used(ctx context.Context, id string) (bool, error)
 	// FirstUse records id as used for ttl. It reports true for the first use
 	// and false for every later one while the record lasts.
 	FirstUse(ctx context.Context, id string, ttl time.Duration) (bool, error)
@@ -94,6 +196,7 @@ const (
 // AuditLog is an append-only, capped trail of security-relevant events.
 type AuditLog interface {
 	// Append adds an event; the trail keeps a bounded number of the newest.
+	// A repeat of a call whose reply was lost does not add it twice.
 	Append(ctx context.Context, e AuditEvent) error
 	// List returns up to limit events, newest first.
 	List(ctx context.Context, limit int) ([]AuditEvent, error)
