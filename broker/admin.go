@@ -12,22 +12,27 @@ import (
 // replica reads on every request, so it stops working everywhere at once.
 
 // Session returns the live session with the given public id, or ErrNotFound.
+// An unreadable record is returned flagged Session.Unreadable, with the
+// clear-text fields it has, so that it can be found and ended.
 func (s *Service) Session(ctx context.Context, id string) (*Session, error) {
 	if !ValidSessionID(id) {
 		return nil, ErrNotFound
 	}
 	sess, err := s.cfg.Store.Get(ctx, id)
-	if err != nil {
+	var unreadable *UnreadableError
+	switch {
+	case errors.As(err, &unreadable):
+		return unreadable.Session, nil
+	case err != nil:
 		return nil, fmt.Errorf("get session: %w", err)
-	}
-	if sess.Ended(s.cfg.Now()) {
+	case sess.Ended(s.cfg.Now()):
 		return nil, ErrNotFound
 	}
 	return sess, nil
 }
 
-// UserSessions returns the live sessions of a subject, newest first; none
-// for an unknown subject.
+// UserSessions returns the live sessions of a subject, newest first, with
+// its unreadable records flagged; none for an unknown subject.
 func (s *Service) UserSessions(ctx context.Context, sub string) ([]*Session, error) {
 	all, err := s.cfg.Store.ListBySubject(ctx, sub)
 	if err != nil {
@@ -36,7 +41,7 @@ func (s *Service) UserSessions(ctx context.Context, sub string) ([]*Session, err
 	now := s.cfg.Now()
 	live := all[:0]
 	for _, sess := range all {
-		if !sess.Ended(now) {
+		if sess.Unreadable || !sess.Ended(now) {
 			live = append(live, sess)
 		}
 	}
@@ -45,13 +50,21 @@ func (s *Service) UserSessions(ctx context.Context, sub string) ([]*Session, err
 
 // RevokeSession ends one session on behalf of an admin and revokes its
 // refresh token at the IdP. An IdP failure does not undo the local end: it is
-// recorded in the audit trail. ErrNotFound if the session is unknown.
+// recorded in the audit trail and retried by the outbox. A session that
+// ended within EndRetention is reported as ended again (a retried revoke
+// whose first answer was lost); ErrNotFound if the session is unknown.
 func (s *Service) RevokeSession(ctx context.Context, id, actor string) error {
 	if !ValidSessionID(id) {
 		return ErrNotFound
 	}
-	_, err := s.end(ctx, id, endReason{actor: actor, action: ActionSessionRevoke, reason: "admin", revokeAtIdP: true})
-	return err
+	_, err := s.end(ctx, id, EndReason{Actor: actor, Action: ActionSessionRevoke, Reason: "admin", RevokeAtIdP: true})
+	if !errors.Is(err, ErrNotFound) {
+		return err
+	}
+	if ended, lerr := s.ended(ctx, id); lerr != nil || !ended {
+		return errors.Join(err, lerr)
+	}
+	return nil
 }
 
 // UserRevocation is the outcome of ending all of a user's sessions.
@@ -59,53 +72,57 @@ type UserRevocation struct {
 	// Revoked counts the sessions ended.
 	Revoked int
 	// IdPFailures counts refresh tokens the IdP could not revoke; those
-	// sessions are ended all the same.
+	// sessions are ended all the same, and the outbox retries them.
 	IdPFailures int
 }
 
 // idpRevokeParallelism bounds concurrent RFC 7009 calls of a revoke-all.
 const idpRevokeParallelism = 8
 
-// RevokeUser ends every session of a subject, then revokes their refresh
-// tokens at the IdP, and records one audit event for the whole action.
+// RevokeUser ends every session of a subject, unreadable ones included,
+// then revokes their refresh tokens at the IdP, and records one audit event
+// for the whole action. Each end is durable on its own: if the broker or
+// the store fails part way, the outbox finishes what was ended, and a
+// repeat of the call ends the rest.
 func (s *Service) RevokeUser(ctx context.Context, sub, actor string) (UserRevocation, error) {
 	list, err := s.cfg.Store.ListBySubject(ctx, sub)
 	if err != nil {
 		return UserRevocation{}, fmt.Errorf("list sessions: %w", err)
 	}
-	var ended []*Session
+	why := EndReason{Actor: actor, Action: ActionUserRevoke, Reason: "admin", RevokeAtIdP: true, Detail: "one of all the sessions of the user"}
+	var ended []*Ending
 	for _, sess := range list {
-		e, err := s.cfg.Store.End(ctx, sess.ID, EndReason{Actor: actor, Action: ActionUserRevoke, Reason: "admin", RevokeAtIdP: true})
+		e, err := s.cfg.Store.End(ctx, sess.ID, why)
 		switch {
 		case errors.Is(err, ErrNotFound):
 			continue
 		case err != nil:
 			s.audit(ctx, AuditEvent{Actor: actor, Action: ActionUserRevoke, Subject: sub, Outcome: OutcomeError,
 				Detail: fmt.Sprintf("stopped after ending %d sessions: the store failed", len(ended))})
-			return UserRevocation{Revoked: len(ended)}, fmt.Errorf("delete session: %w", err)
+			s.settleAll(ctx, ended)
+			return UserRevocation{Revoked: len(ended)}, fmt.Errorf("end session: %w", err)
 		}
 		s.cfg.Metrics.Revocation("admin")
-		ended = append(ended, e.Session)
+		ended = append(ended, e)
 	}
-	res := UserRevocation{Revoked: len(ended), IdPFailures: s.revokeAll(ctx, ended)}
+	res := UserRevocation{Revoked: len(ended), IdPFailures: s.settleAll(ctx, ended)}
 	ev := AuditEvent{Actor: actor, Action: ActionUserRevoke, Subject: sub, Outcome: OutcomeOK,
 		Detail: fmt.Sprintf("%d sessions ended", res.Revoked)}
 	if res.IdPFailures > 0 {
 		ev.Outcome = OutcomeError
-		ev.Detail += fmt.Sprintf("; the identity provider failed to revoke %d refresh tokens", res.IdPFailures)
+		ev.Detail += fmt.Sprintf("; the identity provider failed to revoke %d refresh tokens (retried by the outbox)", res.IdPFailures)
 	}
 	s.audit(ctx, ev)
 	s.log.InfoContext(ctx, "user sessions ended", "sub", sub, "actor", actor, "revoked", res.Revoked, "idp_failures", res.IdPFailures)
 	return res, nil
 }
 
-// revokeAll revokes the refresh tokens of ended sessions at the IdP with
-// bounded parallelism and returns how many failed.
-func (s *Service) revokeAll(ctx context.Context, ended []*Session) int {
+// settleAll revokes the refresh tokens of endings at the IdP with bounded
+// parallelism and records each ending whose revocation succeeded as done;
+// the others stay for the outbox. The caller writes the audit event. It
+// returns how many revocations failed.
+func (s *Service) settleAll(ctx context.Context, ended []*Ending) int {
 	d := s.idp.Load()
-	if d == nil || d.revocationURL == "" {
-		return 0
-	}
 	ctx = context.WithoutCancel(ctx)
 	var (
 		mu       sync.Mutex
@@ -113,15 +130,21 @@ func (s *Service) revokeAll(ctx context.Context, ended []*Session) int {
 		wg       sync.WaitGroup
 		slots    = make(chan struct{}, idpRevokeParallelism)
 	)
-	for _, sess := range ended {
+	for _, e := range ended {
 		slots <- struct{}{}
 		wg.Go(func() {
 			defer func() { <-slots }()
-			if _, err := s.revoke(ctx, d, sess.Tokens.RefreshToken); err != nil {
-				s.log.Warn("revocation at the identity provider failed", "session_id", sess.ID, "error", err)
-				mu.Lock()
-				failures++
-				mu.Unlock()
+			if !e.Session.Unreadable {
+				if _, err := s.revoke(ctx, d, e.Session.Tokens.RefreshToken); err != nil {
+					s.log.Warn("revocation at the identity provider failed; the outbox retries it", "session_id", e.Session.ID, "error", err)
+					mu.Lock()
+					failures++
+					mu.Unlock()
+					return
+				}
+			}
+			if err := s.cfg.Store.CompleteEnd(ctx, e.Session.ID); err != nil {
+				s.log.Warn("recording a finished end failed; the outbox will finish it again", "session_id", e.Session.ID, "error", err)
 			}
 		})
 	}

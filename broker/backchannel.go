@@ -88,12 +88,16 @@ func (s *Service) BackchannelLogout(ctx context.Context, rawToken string) (int, 
 		return 0, errLogoutToken("no jti")
 	}
 	// Section 2.6 step 8 (optional, done here): refuse a jti seen before on
-	// any replica.
-	first, err := s.cfg.Replay.FirstUse(ctx, "logout-jti\x00"+s.cfg.Issuer+"\x00"+c.JTI, logoutTokenMaxAge+2*logoutTokenSkew)
+	// any replica. The jti is recorded only after the sessions have ended,
+	// so a delivery that failed part way can be delivered again (the IdP
+	// retries) and then succeeds; concurrent deliveries of one token both
+	// end what they find, which is idempotent.
+	jti := "logout-jti\x00" + s.cfg.Issuer + "\x00" + c.JTI
+	used, err := s.cfg.Replay.Used(ctx, jti)
 	if err != nil {
-		return 0, fmt.Errorf("record logout token: %w", err)
+		return 0, fmt.Errorf("look up logout token: %w", err)
 	}
-	if !first {
+	if used {
 		return 0, errLogoutToken("jti already used")
 	}
 
@@ -111,7 +115,7 @@ func (s *Service) BackchannelLogout(ctx context.Context, rawToken string) (int, 
 		if c.Subject != "" && sess.Subject != c.Subject {
 			continue
 		}
-		_, err := s.end(ctx, sess.ID, endReason{actor: ActorIdP, action: ActionBackchannelLogout, reason: "backchannel_logout"})
+		_, err := s.end(ctx, sess.ID, EndReason{Actor: ActorIdP, Action: ActionBackchannelLogout, Reason: "backchannel_logout"})
 		switch {
 		case errors.Is(err, ErrNotFound):
 		case err != nil:
@@ -119,6 +123,11 @@ func (s *Service) BackchannelLogout(ctx context.Context, rawToken string) (int, 
 		default:
 			ended++
 		}
+	}
+	if _, err := s.cfg.Replay.FirstUse(ctx, jti, logoutTokenMaxAge+2*logoutTokenSkew); err != nil {
+		// The sessions are ended; a replay of this token could only end
+		// the same ones again.
+		s.log.WarnContext(ctx, "recording a used logout token failed", "error", err)
 	}
 	s.log.InfoContext(ctx, "back-channel logout", "sid_given", c.SID != "", "sub", c.Subject, "sessions_ended", ended)
 	return ended, nil

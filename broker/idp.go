@@ -147,8 +147,11 @@ type tokenError struct {
 	// rejected: the IdP answered with an OAuth error for the grant itself
 	// (RFC 6749 section 5.2), as opposed to an outage or misconfiguration.
 	rejected bool
-	// oauthCode is the "error" the IdP returned, if any.
-	oauthCode string
+	// status is the HTTP status of the answer; 0 when there was none.
+	status int
+	// oauthCode and description are the "error" and "error_description"
+	// the IdP returned, if any.
+	oauthCode, description string
 }
 
 func classifyTokenError(err error) tokenError {
@@ -156,11 +159,12 @@ func classifyTokenError(err error) tokenError {
 	if !errors.As(err, &re) {
 		return tokenError{}
 	}
-	te := tokenError{oauthCode: re.ErrorCode}
+	te := tokenError{oauthCode: re.ErrorCode, description: re.ErrorDescription}
 	if re.Response == nil {
 		return te
 	}
-	switch sc := re.Response.StatusCode; {
+	te.status = re.Response.StatusCode
+	switch sc := te.status; {
 	case sc >= 500, sc == http.StatusTooManyRequests:
 		return te
 	case sc == http.StatusUnauthorized && re.ErrorCode == "invalid_client":
@@ -171,6 +175,23 @@ func classifyTokenError(err error) tokenError {
 		te.rejected = re.ErrorCode != "" || sc == http.StatusBadRequest
 	}
 	return te
+}
+
+// dead reports whether a refusal of a refresh grant means that the refresh
+// token cannot be used any more: invalid_grant (RFC 6749 section 5.2), or a
+// 400 invalid_request, Dex's answer for a dead token, once it was repeated.
+// Other refusals (invalid_client, unauthorized_client, invalid_scope, ...)
+// are the broker's configuration, not the session's end.
+func (te tokenError) dead() bool {
+	return te.status >= 400 && te.status < 500 && te.oauthCode == "invalid_grant" ||
+		te.status == http.StatusBadRequest && te.oauthCode == "invalid_request"
+}
+
+// summary describes the refusal for logs and the audit trail: the status
+// and the IdP's error code, never its description, which an IdP may fill
+// with anything.
+func (te tokenError) summary() string {
+	return fmt.Sprintf("the identity provider answered %d %s", te.status, te.oauthCode)
 }
 
 // revoke revokes a refresh token at the IdP (RFC 7009). It reports whether a

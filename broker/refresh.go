@@ -8,140 +8,539 @@ import (
 	"time"
 
 	"golang.org/x/oauth2"
+	"golang.org/x/sync/singleflight"
 )
 
-// refreshPoll is how often a replica that waits for another one's refresh
-// re-reads the session.
-const refreshPoll = 25 * time.Millisecond
+// The refresh protocol.
+//
+// Exactly one refresh per expiry reaches the IdP, however many requests and
+// replicas ask at once, and no session is lost to an ordinary fault. Its
+// guarantees live in the data, not in timing:
+//
+//   - Requests in one process share one refresh (singleflight). Across
+//     replicas the holder of the session's lease refreshes; the others wait
+//     and adopt what it stores, telling new tokens from old ones by the
+//     session's generation, never by comparing tokens.
+//   - The rotated tokens are stored by a fenced write: one atomic step that
+//     succeeds only while the writer still holds the lease and the record is
+//     still at the generation it read (Store.UpdateTokens).
+//   - A refresh token is never sent again while an earlier call with it may
+//     still be processed by the IdP: the call that holds the lease waits for
+//     the IdP's answer for up to RefreshTimeout, far longer than any request
+//     waits, and keeps renewing the lease meanwhile.
+//   - Tokens the IdP rotated are never dropped: if the store cannot take
+//     them, the process keeps them, serves them, and keeps trying to store
+//     them in the background for as long as pendingWriteLimit.
+//   - A refusal ends the session only when it is definite for the tokens
+//     that are still current: the session is re-read first, a newer
+//     generation is adopted, and the end is conditional on the generation.
 
-// While an access token is still valid, a request waits at most
-// usableRefreshWait for its refresh, and after a refresh failed for an IdP
-// outage the session tries again only after refreshBackoff: an IdP that
-// hangs must not add its timeout to every request.
+// How long requests wait for a refresh. A request whose access token is
+// still valid waits at most usableRefreshWait and then goes through with the
+// token it has; one whose token has expired waits at most
+// expiredRefreshWait and then gets 502. After a refresh failed for an IdP
+// outage, the session's next refresh waits refreshBackoff, and requests
+// whose token has expired meanwhile get 502 at once rather than wait on an
+// IdP already known to be failing.
 const (
-	usableRefreshWait = 2 * time.Second
-	refreshBackoff    = 5 * time.Second
+	usableRefreshWait  = 2 * time.Second
+	expiredRefreshWait = 5 * time.Second
+	refreshBackoff     = 5 * time.Second
 )
 
-// backoffs remembers, per session, until when not to retry a refresh that
-// failed for an IdP outage. It is per process: at worst each replica tries
-// once per interval.
-type backoffs struct {
-	mu    sync.Mutex
-	until map[string]time.Time
-}
+// Timings of the protocol between replicas.
+const (
+	// pollMin and pollMax bound how often a replica that waits for another
+	// one's refresh re-reads the session.
+	pollMin = 25 * time.Millisecond
+	pollMax = 250 * time.Millisecond
+	// waitForOther bounds one wait for another replica's refresh; a request
+	// that comes later starts a new one.
+	waitForOther = 10 * time.Second
+	// retryPause separates the two calls of a refusal that may be
+	// transient (invalid_request: Hydra's "please retry", Dex's dead token).
+	retryPause = 500 * time.Millisecond
+	// adoptGrace is how long a refused refresh waits for the generation to
+	// move before it ends the session: a holder that lost its lease while
+	// its IdP call ran may hold the rotated tokens and be about to store
+	// them.
+	adoptGrace = 2 * time.Second
+	// pendingWriteLimit bounds how long rotated tokens that the store could
+	// not take are kept and retried.
+	pendingWriteLimit = 10 * time.Minute
+	writeRetryMin     = 50 * time.Millisecond
+	writeRetryMax     = time.Second
+)
 
-// backoffLimit bounds the map; past it, entries that ran out are dropped.
-const backoffLimit = 10000
-
-func (b *backoffs) active(id string, now time.Time) bool {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	t, ok := b.until[id]
-	return ok && now.Before(t)
-}
-
-func (b *backoffs) set(id string, until time.Time) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	if b.until == nil {
-		b.until = map[string]time.Time{}
-	}
-	if len(b.until) >= backoffLimit {
-		for k, t := range b.until {
-			if t.Before(until.Add(-refreshBackoff)) {
-				delete(b.until, k)
-			}
-		}
-	}
-	b.until[id] = until
-}
-
-func (b *backoffs) clear(id string) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	delete(b.until, id)
+// refreshOutcome is the result of one refresh flight.
+type refreshOutcome struct {
+	tokens Tokens
+	gen    uint64
 }
 
 // freshTokens returns tokens whose access token has at least RefreshSkew
-// left, refreshing them when needed.
-//
-// Exactly one refresh reaches the IdP per expiry, however many requests and
-// replicas ask at once: requests in one process share one call
-// (singleflight), and across replicas the holder of the session's refresh
-// lease refreshes while the others wait and re-read the stored result. A
-// rotated refresh token is stored before any caller gets the new access
-// token, so no later refresh can use a spent one.
+// left, refreshing them when needed, and never an expired access token.
 func (s *Service) freshTokens(ctx context.Context, sess *Session) (Tokens, error) {
 	now := s.cfg.Now()
 	if s.fresh(sess.Tokens, now) {
 		return sess.Tokens, nil
 	}
+	if p, ok := s.pending.get(sess.ID); ok && p.gen > sess.Generation && s.usable(p.tokens, now) {
+		// This process holds rotated tokens the store has not taken yet.
+		return p.tokens, nil
+	}
+	usable := s.usable(sess.Tokens, now)
 	if sess.Tokens.RefreshToken == "" {
-		if s.usable(sess.Tokens, now) {
+		if usable {
 			return sess.Tokens, nil
 		}
 		// Session.Ended normally catches this, since such a session ends
 		// with its access token.
 		return Tokens{}, ErrInvalidToken
 	}
-	usable := s.usable(sess.Tokens, now)
-	if usable && s.backoff.active(sess.ID, now) {
+	if s.backoff.active(sess.ID, now) {
 		// A refresh of this session failed for an IdP outage moments ago:
-		// spare the IdP, and the request the wait, while the token lasts.
-		return sess.Tokens, nil
-	}
-	stale := sess.Tokens.AccessToken
-	ch := s.flight.DoChan("refresh:"+sess.ID, func() (any, error) {
-		// Detached from the first caller: its cancellation must not fail
-		// the callers that joined it, and a caller that stops waiting
-		// leaves the refresh to finish and store its result.
-		ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), s.cfg.LockTTL+2*s.cfg.IdPTimeout)
-		defer cancel()
-		t, err := s.refreshShared(ctx, sess.ID, stale)
-		if ErrorCode(err) == CodeIdPUnavailable {
-			s.backoff.set(sess.ID, s.cfg.Now().Add(refreshBackoff))
-		} else {
-			s.backoff.clear(sess.ID)
+		// spare the IdP, and the request the wait.
+		if usable {
+			return sess.Tokens, nil
 		}
-		return t, err
-	})
-	// A request whose token is still valid waits for a slow IdP only
-	// briefly; one whose token has expired has nothing else to use.
-	var patience <-chan time.Time
-	if usable {
-		t := time.NewTimer(usableRefreshWait)
-		defer t.Stop()
-		patience = t.C
+		return Tokens{}, errIdPFailing
 	}
-	var res singleflightResult
+	wait := usableRefreshWait
+	if !usable {
+		wait = expiredRefreshWait
+	}
+	ch, started := s.startRefresh(sess)
+	if time.Since(started) >= wait {
+		// The refresh this request would join has already run longer than
+		// a request waits: the IdP is hanging.
+		return s.withoutRefresh(ctx, sess, errIdPFailing)
+	}
+	timer := time.NewTimer(wait - time.Since(started))
+	defer timer.Stop()
 	select {
 	case r := <-ch:
-		res = singleflightResult{r.Val, r.Err, r.Shared}
-	case <-patience:
-		s.log.WarnContext(ctx, "refresh is slow, using the current access token while it lasts", "session_id", sess.ID)
-		return sess.Tokens, nil
+		if r.Shared {
+			s.cfg.Metrics.Refresh("coalesced")
+		}
+		if r.Err != nil {
+			return s.withoutRefresh(ctx, sess, r.Err)
+		}
+		out := r.Val.(refreshOutcome)
+		if !s.usable(out.tokens, s.cfg.Now()) {
+			return Tokens{}, wrap(CodeIdPUnavailable, errors.New("refreshed access token already expired"), "the identity provider issued an access token that has already expired")
+		}
+		return out.tokens, nil
+	case <-timer.C:
+		return s.withoutRefresh(ctx, sess, errIdPFailing)
 	case <-ctx.Done():
 		return Tokens{}, wrap(CodeIdPUnavailable, ctx.Err(), "the request ended while the session was being refreshed")
 	}
-	if res.shared {
-		s.cfg.Metrics.Refresh("coalesced")
-	}
-	if res.err == nil {
-		return res.val.(Tokens), nil
-	}
-	// An IdP outage does not stop a request whose token is still valid.
-	if ErrorCode(res.err) == CodeIdPUnavailable && s.usable(sess.Tokens, s.cfg.Now()) {
-		s.log.WarnContext(ctx, "refresh failed, using the current access token while it lasts", "session_id", sess.ID, "error", res.err)
-		return sess.Tokens, nil
-	}
-	return Tokens{}, res.err
 }
 
-type singleflightResult struct {
-	val    any
-	err    error
-	shared bool
+// errIdPFailing answers a request that cannot wait for the IdP any longer.
+var errIdPFailing = Errorf(CodeIdPUnavailable, "the identity provider is unavailable, retry later")
+
+// withoutRefresh answers a request whose refresh did not succeed: it goes
+// through with its current access token while that token lasts, unless the
+// refresh showed that the session is over.
+func (s *Service) withoutRefresh(ctx context.Context, sess *Session, err error) (Tokens, error) {
+	if ErrorCode(err) == CodeIdPUnavailable && s.usable(sess.Tokens, s.cfg.Now()) {
+		s.log.WarnContext(ctx, "refresh not done, using the current access token while it lasts", "session_id", sess.ID, "error", err)
+		return sess.Tokens, nil
+	}
+	return Tokens{}, err
+}
+
+// startRefresh joins or starts the process's refresh flight of a session and
+// reports when that flight started. The flight is detached from every
+// request: a request that stops waiting leaves it to finish and store its
+// result, and Close waits for it.
+func (s *Service) startRefresh(sess *Session) (<-chan singleflight.Result, time.Time) {
+	id, seen := sess.ID, sess.Generation
+	started := s.flights.start(id)
+	ch := s.flight.DoChan("refresh:"+id, func() (any, error) {
+		defer s.flights.done(id)
+		var out refreshOutcome
+		var err error
+		if !s.work(func(ctx context.Context) {
+			ctx, cancel := context.WithTimeout(ctx, s.cfg.RefreshTimeout+2*s.cfg.LockTTL)
+			defer cancel()
+			out, err = s.refresh(ctx, id, seen)
+		}) {
+			return nil, errClosing
+		}
+		switch {
+		case err == nil:
+			s.backoff.clear(id)
+		case ErrorCode(err) == CodeIdPUnavailable:
+			s.backoff.set(id, s.cfg.Now().Add(refreshBackoff))
+		}
+		return out, err
+	})
+	return ch, started
+}
+
+// errClosing refuses work that would start after Close.
+var errClosing = Errorf(CodeIdPUnavailable, "the broker is shutting down, retry later")
+
+// refresh brings session id's tokens past generation seen: it takes the
+// lease and refreshes, or waits for the holder and adopts what it stores.
+func (s *Service) refresh(ctx context.Context, id string, seen uint64) (refreshOutcome, error) {
+	poll := pollMin
+	deadline := time.Now().Add(waitForOther)
+	for {
+		if p, ok := s.pending.get(id); ok && p.gen > seen {
+			return refreshOutcome{p.tokens, p.gen}, nil
+		}
+		lease, ok, err := s.cfg.Locker.TryLock(ctx, id, s.cfg.LockTTL)
+		if err != nil {
+			return refreshOutcome{}, fmt.Errorf("take refresh lease: %w", err)
+		}
+		if ok {
+			return s.refreshHolding(ctx, id, seen, lease)
+		}
+		// Another replica refreshes: wait for its result.
+		if time.Now().After(deadline) {
+			return refreshOutcome{}, Errorf(CodeIdPUnavailable, "the session's refresh on another replica has not finished, retry later")
+		}
+		if err := sleep(ctx, poll); err != nil {
+			return refreshOutcome{}, wrap(CodeIdPUnavailable, err, "the session's refresh did not finish in time")
+		}
+		poll = min(2*poll, pollMax)
+		sess, err := s.read(ctx, id)
+		if err != nil {
+			return refreshOutcome{}, err
+		}
+		if sess.Generation > seen && s.usable(sess.Tokens, s.cfg.Now()) {
+			return refreshOutcome{sess.Tokens, sess.Generation}, nil
+		}
+	}
+}
+
+// read gets a session for the refresh protocol: an ended or unreadable one
+// is an invalid handle.
+func (s *Service) read(ctx context.Context, id string) (*Session, error) {
+	sess, err := s.cfg.Store.Get(ctx, id)
+	switch {
+	case errors.Is(err, ErrNotFound), errors.Is(err, ErrUnreadable):
+		return nil, ErrInvalidToken
+	case err != nil:
+		return nil, fmt.Errorf("get session: %w", err)
+	}
+	return sess, nil
+}
+
+// refreshHolding runs the refresh while holding lease. The lease is
+// renewed for as long as the IdP call runs, and released at the end unless
+// rotated tokens still wait to be stored, whose writer then owns it.
+func (s *Service) refreshHolding(ctx context.Context, id string, seen uint64, lease Lease) (refreshOutcome, error) {
+	keep := s.keepLease(id, lease)
+	handedOver := false
+	defer func() {
+		if !handedOver {
+			keep.release()
+		}
+	}()
+	// Re-read under the lease: the previous holder may have just finished.
+	sess, err := s.read(ctx, id)
+	if err != nil {
+		return refreshOutcome{}, err
+	}
+	if sess.Generation > seen && s.fresh(sess.Tokens, s.cfg.Now()) {
+		return refreshOutcome{sess.Tokens, sess.Generation}, nil
+	}
+	next, err := s.redeemRefresh(ctx, sess)
+	if errors.Is(err, errRefused) {
+		keep.release()
+		return s.refused(ctx, sess, err)
+	}
+	if err != nil {
+		return refreshOutcome{}, err
+	}
+	out := refreshOutcome{next, sess.Generation + 1}
+	err = s.cfg.Store.UpdateTokens(ctx, id, keep.current(), sess.Generation, next)
+	switch {
+	case err == nil:
+		s.cfg.Metrics.Refresh("ok")
+		s.log.InfoContext(ctx, "session refreshed", "session_id", id, "generation", out.gen, "expires_in", next.Expiry.Sub(s.cfg.Now()).Round(time.Second))
+		return out, nil
+	case errors.Is(err, ErrNotFound):
+		// Ended while the IdP answered: do not leave the new refresh
+		// token alive.
+		s.cfg.Metrics.Refresh("failed")
+		s.revokeDetached(ctx, next.RefreshToken, id)
+		return refreshOutcome{}, ErrInvalidToken
+	case errors.Is(err, ErrGenerationMoved):
+		// Another writer stored tokens of a newer generation: theirs are
+		// current. Ours are left alone, not revoked: an IdP that returns
+		// the same refresh token within a reuse interval (Dex) would
+		// revoke theirs with it.
+		s.cfg.Metrics.Refresh("ok")
+		stored, err := s.read(ctx, id)
+		if err != nil {
+			return refreshOutcome{}, err
+		}
+		return refreshOutcome{stored.Tokens, stored.Generation}, nil
+	}
+	// The store could not take the rotated tokens (unreachable, or the
+	// lease was lost): the old refresh token is spent, so these are the
+	// session's only valid tokens. Keep them, serve them, and store them in
+	// the background.
+	s.cfg.Metrics.Refresh("ok")
+	handedOver = true
+	s.log.WarnContext(ctx, "session refreshed, but the store did not take the new tokens yet; serving them and retrying the write", "session_id", id, "generation", out.gen, "error", err)
+	s.pending.put(id, out)
+	if !s.spawn(func(bg context.Context) { s.storePending(bg, id, sess.Generation, keep) }) {
+		keep.release()
+		s.pending.drop(id, out.gen)
+	}
+	return out, nil
+}
+
+// storePending stores rotated tokens that the store did not take, until
+// the write lands, the session ends or moves on, or pendingWriteLimit
+// passes. It owns the lease keeper and releases it at the end.
+func (s *Service) storePending(ctx context.Context, id string, from uint64, keep *leaseKeeper) {
+	defer keep.release()
+	p, _ := s.pending.get(id)
+	defer s.pending.drop(id, p.gen)
+	give := time.Now().Add(pendingWriteLimit)
+	pause := writeRetryMin
+	for attempt := 1; ; attempt++ {
+		if err := sleep(ctx, pause); err != nil {
+			s.log.Error("rotated tokens were not stored before shutdown: the session will need a new sign-in", "session_id", id, "generation", p.gen)
+			return
+		}
+		pause = min(2*pause, writeRetryMax)
+		lease := keep.current()
+		if lease == nil {
+			lease = keep.retake(ctx)
+			if lease == nil {
+				// Another holder has the lease. It will be refused by the
+				// IdP (ours is the rotated token) and then waits a moment
+				// for this write before it ends anything.
+				continue
+			}
+		}
+		err := s.cfg.Store.UpdateTokens(ctx, id, lease, from, p.tokens)
+		switch {
+		case err == nil:
+			s.log.Info("rotated tokens stored after a retry", "session_id", id, "generation", p.gen, "attempts", attempt)
+			return
+		case errors.Is(err, ErrNotFound):
+			s.revokeDetached(ctx, p.tokens.RefreshToken, id)
+			return
+		case errors.Is(err, ErrGenerationMoved):
+			return
+		case errors.Is(err, ErrLeaseLost):
+			keep.lost()
+		}
+		if time.Now().After(give) {
+			s.log.Error("rotated tokens could not be stored: the session will need a new sign-in", "session_id", id, "generation", p.gen, "error", err)
+			return
+		}
+	}
+}
+
+// errRefused marks an IdP answer that the refresh token is dead.
+var errRefused = errors.New("the identity provider refused the refresh token")
+
+// refused handles a definite refusal of the refresh token of sess, read at
+// its generation: another writer may have stored newer tokens (adopt them),
+// or may be about to (wait adoptGrace); otherwise the session ends, on the
+// condition that its generation has not moved.
+func (s *Service) refused(ctx context.Context, sess *Session, cause error) (refreshOutcome, error) {
+	deadline := time.Now().Add(adoptGrace)
+	for {
+		cur, err := s.read(ctx, sess.ID)
+		if err != nil {
+			return refreshOutcome{}, err
+		}
+		if cur.Generation > sess.Generation {
+			s.log.InfoContext(ctx, "refresh refused, adopting the newer tokens another writer stored", "session_id", sess.ID, "generation", cur.Generation)
+			return refreshOutcome{cur.Tokens, cur.Generation}, nil
+		}
+		if time.Now().After(deadline) {
+			break
+		}
+		if err := sleep(ctx, 4*pollMin); err != nil {
+			return refreshOutcome{}, wrap(CodeIdPUnavailable, err, "the session's refresh did not finish in time")
+		}
+	}
+	why := EndReason{Actor: ActorBroker, Action: ActionRefreshRejected, Reason: "refresh_rejected",
+		Detail: truncate(cause.Error(), MaxAuditDetailLen), IfGeneration: sess.Generation}
+	_, err := s.end(ctx, sess.ID, why)
+	switch {
+	case errors.Is(err, ErrGenerationMoved):
+		cur, err := s.read(ctx, sess.ID)
+		if err != nil {
+			return refreshOutcome{}, err
+		}
+		return refreshOutcome{cur.Tokens, cur.Generation}, nil
+	case err != nil && !errors.Is(err, ErrNotFound):
+		return refreshOutcome{}, fmt.Errorf("end a session whose refresh was refused: %w", err)
+	}
+	s.cfg.Metrics.Refresh("rejected")
+	return refreshOutcome{}, Errorf(CodeInvalidToken, "session ended: the identity provider rejected its refresh")
+}
+
+// redeemRefresh calls the IdP's token endpoint with the session's refresh
+// token. It returns errRefused (wrapped) when the IdP says the token is
+// dead, and CodeIdPUnavailable for everything else that failed.
+//
+// OAuth error codes alone do not say that a refresh token is dead (see
+// IDP-NOTES): invalid_grant does (RFC 6749 section 5.2); invalid_request
+// means a dead token at Dex and a transient conflict at Hydra, so it is
+// retried once with the same token after a pause, and taken as dead only
+// if the IdP says it again. Every failure is logged with the IdP's error
+// code and description, never a token.
+func (s *Service) redeemRefresh(ctx context.Context, sess *Session) (Tokens, error) {
+	d, err := s.provider(ctx)
+	if err != nil {
+		s.cfg.Metrics.Refresh("failed")
+		return Tokens{}, err
+	}
+	var tok *oauth2.Token
+	for attempt := 1; ; attempt++ {
+		tok, err = s.callRefresh(ctx, d, sess.Tokens.RefreshToken)
+		if err == nil {
+			break
+		}
+		te := classifyTokenError(err)
+		s.log.WarnContext(ctx, "refresh failed at the identity provider", "session_id", sess.ID, "attempt", attempt,
+			"status", te.status, "idp_error", te.oauthCode, "idp_error_description", truncate(te.description, 200), "error", redactURLError(err))
+		switch {
+		case te.status == 400 && te.oauthCode == "invalid_request" && attempt == 1:
+			if err := sleep(ctx, retryPause); err != nil {
+				return Tokens{}, wrap(CodeIdPUnavailable, err, "the identity provider is unavailable, retry later")
+			}
+			continue
+		case te.dead():
+			return Tokens{}, fmt.Errorf("%w: %s", errRefused, te.summary())
+		}
+		s.cfg.Metrics.Refresh("failed")
+		return Tokens{}, wrap(CodeIdPUnavailable, redactURLError(err), "the identity provider is unavailable, retry later")
+	}
+	next := tokensFrom(tok, sess.Tokens.IDToken)
+	if next.RefreshToken == "" {
+		// RFC 6749 section 6: the IdP may keep the refresh token as it is.
+		next.RefreshToken = sess.Tokens.RefreshToken
+	}
+	if rawID, _ := tok.Extra("id_token").(string); rawID != "" {
+		// OIDC Core 12.2: a refreshed ID token must keep iss, sub and aud.
+		vctx, cancel := context.WithTimeout(ctx, s.cfg.IdPTimeout)
+		idt, err := d.refreshVerifier.Verify(s.clientContext(vctx), rawID)
+		cancel()
+		if err != nil || idt.Subject != sess.Subject {
+			s.log.WarnContext(ctx, "ignoring an ID token from a refresh that failed verification", "session_id", sess.ID, "error", err)
+		} else {
+			next.IDToken = rawID
+		}
+	}
+	return next, nil
+}
+
+// callRefresh sends one refresh_token grant and waits up to RefreshTimeout
+// for the answer, so that a slow or paused IdP is not sent the same token
+// again while this call may still be processed.
+func (s *Service) callRefresh(ctx context.Context, d *idp, refreshToken string) (*oauth2.Token, error) {
+	ctx, cancel := context.WithTimeout(ctx, s.cfg.RefreshTimeout)
+	defer cancel()
+	// An expired token makes x/oauth2 use the refresh token at once.
+	old := &oauth2.Token{RefreshToken: refreshToken, Expiry: time.Unix(1, 0)}
+	ctx = context.WithValue(ctx, oauth2.HTTPClient, s.refreshClient)
+	return s.oauthConfig(d, "").TokenSource(ctx, old).Token()
+}
+
+// leaseKeeper renews a refresh lease in the background and, when it was
+// lost, can try to take it again.
+type leaseKeeper struct {
+	s    *Service
+	id   string
+	stop chan struct{}
+	once sync.Once
+	done chan struct{}
+
+	mu    sync.Mutex
+	lease Lease // nil while lost
+}
+
+// keepLease renews lease every LockTTL/3 until release, under the Service's
+// context rather than the refresh's, since a writer of rotated tokens may
+// take it over. A renewal the store could not answer is tried again at the
+// next tick: the lease may still be held until its ttl runs out.
+func (s *Service) keepLease(id string, lease Lease) *leaseKeeper {
+	ctx := s.life.base
+	k := &leaseKeeper{s: s, id: id, lease: lease, stop: make(chan struct{}), done: make(chan struct{})}
+	go func() {
+		defer close(k.done)
+		t := time.NewTicker(s.cfg.LockTTL / 3)
+		defer t.Stop()
+		for {
+			select {
+			case <-k.stop:
+				return
+			case <-ctx.Done():
+				return
+			case <-t.C:
+			}
+			l := k.current()
+			if l == nil {
+				continue
+			}
+			ectx, cancel := context.WithTimeout(ctx, s.cfg.LockTTL/3)
+			err := l.Extend(ectx)
+			cancel()
+			switch {
+			case errors.Is(err, ErrLeaseLost):
+				s.log.Warn("the refresh lease was lost while the refresh ran", "session_id", id)
+				k.lost()
+			case err != nil:
+				s.log.Warn("extending the refresh lease failed, retrying", "session_id", id, "error", err)
+			}
+		}
+	}()
+	return k
+}
+
+func (k *leaseKeeper) current() Lease {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	return k.lease
+}
+
+func (k *leaseKeeper) lost() {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	k.lease = nil
+}
+
+// retake tries to take the lease again after it was lost.
+func (k *leaseKeeper) retake(ctx context.Context) Lease {
+	l, ok, err := k.s.cfg.Locker.TryLock(ctx, k.id, k.s.cfg.LockTTL)
+	if err != nil || !ok {
+		return nil
+	}
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	k.lease = l
+	return l
+}
+
+// release stops renewing and frees the lease if it is still held.
+func (k *leaseKeeper) release() {
+	k.once.Do(func() {
+		close(k.stop)
+		<-k.done
+		if l := k.current(); l != nil {
+			ctx, cancel := context.WithTimeout(context.Background(), k.s.cfg.IdPTimeout)
+			defer cancel()
+			if err := l.Release(ctx); err != nil {
+				k.s.log.Warn("releasing the refresh lease failed; it expires by itself", "session_id", k.id, "error", err)
+			}
+		}
+	})
 }
 
 // fresh reports whether the access token has at least RefreshSkew left.
@@ -154,158 +553,14 @@ func (s *Service) usable(t Tokens, now time.Time) bool {
 	return t.Expiry.IsZero() || now.Before(t.Expiry)
 }
 
-// refreshShared refreshes the tokens of session id unless another holder of
-// the lease already replaced stale, the access token the caller saw.
-func (s *Service) refreshShared(ctx context.Context, id, stale string) (Tokens, error) {
-	for {
-		lease, ok, err := s.cfg.Locker.TryLock(ctx, id, s.cfg.LockTTL)
-		if err != nil {
-			return Tokens{}, fmt.Errorf("take refresh lease: %w", err)
-		}
-		if ok {
-			return s.refreshHolding(ctx, id, stale, lease)
-		}
-		// Another replica refreshes: wait for its result.
-		select {
-		case <-ctx.Done():
-			return Tokens{}, wrap(CodeIdPUnavailable, ctx.Err(), "the session's refresh did not finish in time")
-		case <-time.After(refreshPoll):
-		}
-		sess, err := s.cfg.Store.Get(ctx, id)
-		if err != nil {
-			return Tokens{}, s.sessionGone(err)
-		}
-		if sess.Tokens.AccessToken != stale && s.usable(sess.Tokens, s.cfg.Now()) {
-			return sess.Tokens, nil
-		}
+// sleep waits d or until ctx ends.
+func sleep(ctx context.Context, d time.Duration) error {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-t.C:
+		return nil
 	}
-}
-
-// refreshHolding runs the refresh while holding lease.
-func (s *Service) refreshHolding(ctx context.Context, id, stale string, lease Lease) (Tokens, error) {
-	defer func() {
-		if err := lease.Release(context.WithoutCancel(ctx)); err != nil {
-			s.log.Warn("releasing the refresh lease failed", "session_id", id, "error", err)
-		}
-	}()
-	// Re-read under the lease: the previous holder may have just finished.
-	sess, err := s.cfg.Store.Get(ctx, id)
-	if err != nil {
-		return Tokens{}, s.sessionGone(err)
-	}
-	if sess.Tokens.AccessToken != stale && s.usable(sess.Tokens, s.cfg.Now()) {
-		return sess.Tokens, nil
-	}
-	stop := s.keepLease(ctx, id, lease)
-	defer stop()
-	return s.redeemRefresh(ctx, sess)
-}
-
-// keepLease extends the lease while the IdP call runs, so that a slow IdP
-// does not let a second replica start a refresh with the same token.
-func (s *Service) keepLease(ctx context.Context, id string, lease Lease) (stop func()) {
-	done := make(chan struct{})
-	go func() {
-		t := time.NewTicker(s.cfg.LockTTL / 3)
-		defer t.Stop()
-		for {
-			select {
-			case <-done:
-				return
-			case <-ctx.Done():
-				return
-			case <-t.C:
-				if err := lease.Extend(ctx); err != nil {
-					s.log.Warn("extending the refresh lease failed", "session_id", id, "error", err)
-					return
-				}
-			}
-		}
-	}()
-	return func() { close(done) }
-}
-
-// redeemRefresh calls the IdP's token endpoint with the refresh token and
-// stores the result.
-func (s *Service) redeemRefresh(ctx context.Context, sess *Session) (Tokens, error) {
-	d, err := s.provider(ctx)
-	if err != nil {
-		s.cfg.Metrics.Refresh("failed")
-		return Tokens{}, err
-	}
-	// An expired token makes x/oauth2 use the refresh token at once.
-	old := &oauth2.Token{RefreshToken: sess.Tokens.RefreshToken, Expiry: time.Unix(1, 0)}
-	tok, err := s.oauthConfig(d, "").TokenSource(s.clientContext(ctx), old).Token()
-	if err != nil {
-		te := classifyTokenError(err)
-		if te.oauthCode == "invalid_grant" {
-			// RFC 6749 section 5.2: the refresh token is invalid, expired
-			// or revoked; the session cannot go on.
-			s.cfg.Metrics.Refresh("rejected")
-			s.endRejected(ctx, sess)
-			return Tokens{}, Errorf(CodeInvalidToken, "session ended: the identity provider rejected its refresh")
-		}
-		s.cfg.Metrics.Refresh("failed")
-		return Tokens{}, wrap(CodeIdPUnavailable, redactURLError(err), "the identity provider is unavailable, retry later")
-	}
-	next := tokensFrom(tok, sess.Tokens.IDToken)
-	if rawID, _ := tok.Extra("id_token").(string); rawID != "" {
-		// OIDC Core 12.2: a refreshed ID token must keep iss, sub and aud.
-		if idt, err := d.refreshVerifier.Verify(s.clientContext(ctx), rawID); err != nil || idt.Subject != sess.Subject {
-			s.log.WarnContext(ctx, "ignoring an ID token from a refresh that failed verification", "session_id", sess.ID, "error", err)
-		} else {
-			next.IDToken = rawID
-		}
-	}
-	if err := s.storeRefreshed(ctx, sess.ID, next); err != nil {
-		s.cfg.Metrics.Refresh("failed")
-		if errors.Is(err, ErrNotFound) {
-			// Revoked while the IdP answered: do not leave the new refresh
-			// token alive.
-			s.revokeDetached(ctx, d, next.RefreshToken, sess.ID)
-			return Tokens{}, ErrInvalidToken
-		}
-		return Tokens{}, err
-	}
-	s.cfg.Metrics.Refresh("ok")
-	s.log.InfoContext(ctx, "session refreshed", "session_id", sess.ID, "expires_in", next.Expiry.Sub(s.cfg.Now()).Round(time.Second))
-	return next, nil
-}
-
-// storeRefreshed stores rotated tokens, retrying briefly: the IdP has spent
-// the old refresh token, so losing the new one would end the session.
-func (s *Service) storeRefreshed(ctx context.Context, id string, t Tokens) error {
-	var err error
-	for attempt := range 4 {
-		if attempt > 0 {
-			select {
-			case <-ctx.Done():
-				return err
-			case <-time.After(time.Duration(attempt) * 100 * time.Millisecond):
-			}
-		}
-		err = s.cfg.Store.UpdateTokens(ctx, id, nil, 0, t)
-		if err == nil || !errors.Is(err, ErrStoreUnavailable) {
-			return err
-		}
-	}
-	return fmt.Errorf("store refreshed tokens: %w", err)
-}
-
-// endRejected ends a session whose refresh the IdP rejected.
-func (s *Service) endRejected(ctx context.Context, sess *Session) {
-	if _, err := s.cfg.Store.End(ctx, sess.ID, EndReason{Actor: ActorBroker, Action: ActionRefreshRejected, Reason: "refresh_rejected"}); err != nil && !errors.Is(err, ErrNotFound) {
-		s.log.WarnContext(ctx, "ending a session whose refresh was rejected failed", "session_id", sess.ID, "error", err)
-		return
-	}
-	s.cfg.Metrics.Revocation("refresh_rejected")
-	s.audit(ctx, AuditEvent{Actor: ActorBroker, Action: ActionRefreshRejected, SessionID: sess.ID, Subject: sess.Subject, Outcome: OutcomeOK, Detail: "the identity provider answered invalid_grant"})
-}
-
-// sessionGone maps a store error met during a refresh.
-func (s *Service) sessionGone(err error) error {
-	if errors.Is(err, ErrNotFound) {
-		return ErrInvalidToken
-	}
-	return fmt.Errorf("get session: %w", err)
 }

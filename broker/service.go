@@ -37,15 +37,27 @@ type Config struct {
 	// LockTTL is the lease of a refresh across replicas; it is renewed
 	// while the IdP call runs. Default 10s.
 	LockTTL time.Duration
-	// IdPTimeout bounds each call to the IdP. Default 10s.
+	// IdPTimeout bounds each call to the IdP but the refresh grant.
+	// Default 10s.
 	IdPTimeout time.Duration
+	// RefreshTimeout bounds the wait for the IdP's answer to a refresh
+	// grant. It is long on purpose: the refresh token is not sent again
+	// while this call may still be processed, and requests never wait for
+	// it longer than a few seconds (see freshTokens). Default 5m.
+	RefreshTimeout time.Duration
+	// OutboxDelay is how long an ending is left to the request that made
+	// it before the outbox worker finishes it. Default 1m.
+	OutboxDelay time.Duration
 
 	Store  Store
 	Locker Locker
 	Audit  AuditLog    // optional
 	Replay ReplayGuard // needed for back-channel logout
 
-	HTTPClient *http.Client     // for the IdP; default with IdPTimeout
+	// HTTPClient calls the IdP; default one with IdPTimeout. The refresh
+	// grant uses a copy without the client-wide Timeout, bounded by
+	// RefreshTimeout instead.
+	HTTPClient *http.Client
 	Now        func() time.Time // default time.Now
 	Logger     *slog.Logger     // default slog.Default()
 	Metrics    Metrics          // optional
@@ -65,17 +77,26 @@ func (noMetrics) Exchange(string)   {}
 func (noMetrics) Refresh(string)    {}
 func (noMetrics) Revocation(string) {}
 
-// Service runs the broker's use cases. It is safe for concurrent use.
+// Service runs the broker's use cases. It is safe for concurrent use. It
+// runs work of its own in the background (see Close).
 type Service struct {
-	cfg     Config
-	log     *slog.Logger
-	idp     atomic.Pointer[idp]
-	flight  singleflight.Group
-	backoff backoffs
+	cfg        Config
+	log        *slog.Logger
+	idp        atomic.Pointer[idp]
+	flight     singleflight.Group
+	backoff    backoffs
+	flights    flights
+	pending    pendingTokens
+	unreadable unreadableSeen
+	life       *lifecycle
+	stopWorker context.CancelFunc
+	// refreshClient is cfg.HTTPClient without its Timeout.
+	refreshClient *http.Client
 }
 
-// New validates cfg, fills in defaults and returns a Service. Discovery is
-// not done here: call Discover or DiscoverUntilReady.
+// New validates cfg, fills in defaults and returns a Service whose outbox
+// worker runs until Close. Discovery is not done here: call Discover or
+// DiscoverUntilReady.
 func New(cfg Config) (*Service, error) {
 	var errs []error
 	if cfg.Issuer == "" {
@@ -111,9 +132,17 @@ func New(cfg Config) (*Service, error) {
 	if cfg.IdPTimeout <= 0 {
 		cfg.IdPTimeout = 10 * time.Second
 	}
+	if cfg.RefreshTimeout <= 0 {
+		cfg.RefreshTimeout = 5 * time.Minute
+	}
+	if cfg.OutboxDelay <= 0 {
+		cfg.OutboxDelay = time.Minute
+	}
 	if cfg.HTTPClient == nil {
 		cfg.HTTPClient = &http.Client{Timeout: cfg.IdPTimeout}
 	}
+	refreshClient := *cfg.HTTPClient
+	refreshClient.Timeout = 0
 	if cfg.Now == nil {
 		cfg.Now = time.Now
 	}
@@ -123,7 +152,9 @@ func New(cfg Config) (*Service, error) {
 	if cfg.Metrics == nil {
 		cfg.Metrics = noMetrics{}
 	}
-	return &Service{cfg: cfg, log: cfg.Logger}, nil
+	s := &Service{cfg: cfg, log: cfg.Logger, life: newLifecycle(), refreshClient: &refreshClient}
+	s.startWorker()
+	return s, nil
 }
 
 // ExchangeRequest is what an app hands over after the browser step.
@@ -173,7 +204,9 @@ func (s *Service) Exchange(ctx context.Context, req ExchangeRequest) (*NewSessio
 		s.cfg.Metrics.Exchange("idp_unavailable")
 		return nil, err
 	}
-	tok, err := s.oauthConfig(d, req.RedirectURI).Exchange(s.clientContext(ctx), req.Code, oauth2.VerifierOption(req.CodeVerifier))
+	callCtx, cancel := context.WithTimeout(ctx, s.cfg.IdPTimeout)
+	defer cancel()
+	tok, err := s.oauthConfig(d, req.RedirectURI).Exchange(s.clientContext(callCtx), req.Code, oauth2.VerifierOption(req.CodeVerifier))
 	if err != nil {
 		if classifyTokenError(err).rejected {
 			s.cfg.Metrics.Exchange("rejected")
@@ -182,12 +215,12 @@ func (s *Service) Exchange(ctx context.Context, req ExchangeRequest) (*NewSessio
 		s.cfg.Metrics.Exchange("idp_unavailable")
 		return nil, wrap(CodeIdPUnavailable, redactURLError(err), "the identity provider is unavailable, retry later")
 	}
-	sess, rawID, err := s.verifyExchange(ctx, d, tok, req.Nonce)
+	sess, rawID, err := s.verifyExchange(callCtx, d, tok, req.Nonce)
 	if err != nil {
 		s.cfg.Metrics.Exchange("rejected")
 		// The IdP issued tokens that the broker will not use: revoke them
 		// rather than leave a live refresh token behind.
-		s.revokeDetached(ctx, d, tok.RefreshToken, "")
+		s.revokeDetached(ctx, tok.RefreshToken, "")
 		return nil, err
 	}
 	id, handle, hash, err := newHandle()
@@ -207,11 +240,12 @@ func (s *Service) Exchange(ctx context.Context, req ExchangeRequest) (*NewSessio
 		// token.
 		sess.AbsoluteExpiry = sess.Tokens.Expiry
 	}
-	sess.IP = req.IP
-	sess.UserAgent = req.UserAgent
+	sess.Generation = 1
+	sess.IP = truncate(req.IP, MaxIPLen)
+	sess.UserAgent = truncate(req.UserAgent, MaxUserAgentLen)
 	if err := s.cfg.Store.Create(ctx, sess); err != nil {
 		s.cfg.Metrics.Exchange("store_unavailable")
-		s.revokeDetached(ctx, d, tok.RefreshToken, id)
+		s.revokeDetached(ctx, tok.RefreshToken, id)
 		return nil, fmt.Errorf("create session: %w", err)
 	}
 	s.cfg.Metrics.Exchange("ok")
@@ -265,27 +299,27 @@ func tokensFrom(tok *oauth2.Token, rawID string) Tokens {
 }
 
 // Authenticate resolves a handle to its live session and records the use.
-// Any handle that is malformed, unknown, ended or whose secret does not match
-// gets ErrInvalidToken, so a caller cannot tell these apart.
+// Any handle that is malformed, unknown, ended, unreadable or whose secret
+// does not match gets ErrInvalidToken, so a caller cannot tell these apart.
 func (s *Service) Authenticate(ctx context.Context, handle string) (*Session, error) {
 	id, hash, ok := parseHandle(handle)
 	if !ok {
 		return nil, ErrInvalidToken
 	}
-	sess, err := s.cfg.Store.Get(ctx, id)
-	switch {
-	case errors.Is(err, ErrNotFound):
-		return nil, ErrInvalidToken
-	case err != nil:
-		return nil, fmt.Errorf("get session: %w", err)
-	case !sess.matches(hash):
+	sess, err := s.get(ctx, id)
+	if err != nil {
+		return nil, err
+	}
+	if !sess.matches(hash) {
 		return nil, ErrInvalidToken
 	}
 	now := s.cfg.Now()
 	if sess.Ended(now) {
 		// The store's TTL is a backstop; a clock check ends it exactly.
-		if _, err := s.cfg.Store.End(ctx, id, EndReason{Actor: ActorBroker, Action: ActionExpired, Reason: "expired"}); err == nil {
-			s.audit(ctx, AuditEvent{Actor: ActorBroker, Action: ActionExpired, SessionID: id, Subject: sess.Subject, Outcome: OutcomeOK})
+		_, err := s.end(ctx, id, EndReason{Actor: ActorBroker, Action: ActionExpired, Reason: "expired", RevokeAtIdP: true,
+			Detail: "idle timeout or maximum lifetime reached"})
+		if err != nil && !errors.Is(err, ErrNotFound) {
+			s.log.WarnContext(ctx, "ending an expired session failed", "session_id", id, "error", err)
 		}
 		return nil, ErrInvalidToken
 	}
@@ -300,6 +334,25 @@ func (s *Service) Authenticate(ctx context.Context, handle string) (*Session, er
 		}
 	}
 	return sess, nil
+}
+
+// get reads a session for its user: unknown and unreadable sessions are
+// invalid handles. An unreadable record is logged once per process with its
+// session id, never with what it holds.
+func (s *Service) get(ctx context.Context, id string) (*Session, error) {
+	sess, err := s.cfg.Store.Get(ctx, id)
+	switch {
+	case err == nil:
+		return sess, nil
+	case errors.Is(err, ErrNotFound):
+		return nil, ErrInvalidToken
+	case errors.Is(err, ErrUnreadable):
+		if s.unreadable.first(id) {
+			s.log.WarnContext(ctx, "session record cannot be read; treating the session as ended (see broker rekey)", "session_id", id, "error", err)
+		}
+		return nil, ErrInvalidToken
+	}
+	return nil, fmt.Errorf("get session: %w", err)
 }
 
 // AccessToken returns a fresh access token for the session of handle,
@@ -317,69 +370,27 @@ func (s *Service) AccessToken(ctx context.Context, handle string) (sessionID, ac
 }
 
 // Logout ends the session of handle and revokes its refresh token at the IdP.
-// An unknown or ended handle is not an error: the outcome is the same.
+// An unknown, ended or unreadable handle is not an error: the outcome is the
+// same.
 func (s *Service) Logout(ctx context.Context, handle string) error {
 	id, hash, ok := parseHandle(handle)
 	if !ok {
 		return nil
 	}
-	sess, err := s.cfg.Store.Get(ctx, id)
+	sess, err := s.get(ctx, id)
 	switch {
-	case errors.Is(err, ErrNotFound):
+	case errors.Is(err, ErrInvalidToken):
 		return nil
 	case err != nil:
-		return fmt.Errorf("get session: %w", err)
+		return err
 	case !sess.matches(hash):
 		return nil
 	}
-	_, err = s.end(ctx, id, endReason{actor: ActorUser, action: ActionLogout, reason: "logout", revokeAtIdP: true})
+	_, err = s.end(ctx, id, EndReason{Actor: ActorUser, Action: ActionLogout, Reason: "logout", RevokeAtIdP: true})
 	if errors.Is(err, ErrNotFound) {
 		return nil
 	}
 	return err
-}
-
-// endReason says who ends a session, why, and whether its refresh token is
-// revoked at the IdP (not after the IdP's own back-channel logout).
-type endReason struct {
-	actor, action, reason string
-	revokeAtIdP           bool
-}
-
-// end deletes a session, revokes its refresh token at the IdP and audits the
-// outcome. The local end stands whatever the IdP does.
-func (s *Service) end(ctx context.Context, id string, why endReason) (*Session, error) {
-	e, err := s.cfg.Store.End(ctx, id, EndReason{Actor: why.actor, Action: why.action, Reason: why.reason, RevokeAtIdP: why.revokeAtIdP})
-	if err != nil {
-		return nil, fmt.Errorf("delete session: %w", err)
-	}
-	sess := e.Session
-	s.cfg.Metrics.Revocation(why.reason)
-	ev := AuditEvent{Actor: why.actor, Action: why.action, SessionID: id, Subject: sess.Subject, Outcome: OutcomeOK}
-	if why.revokeAtIdP {
-		if revoked, err := s.revoke(context.WithoutCancel(ctx), s.idp.Load(), sess.Tokens.RefreshToken); err != nil {
-			ev.Outcome = OutcomeError
-			ev.Detail = "session ended; revocation at the identity provider failed: " + err.Error()
-		} else if revoked {
-			ev.Detail = "refresh token revoked at the identity provider"
-		}
-	}
-	s.audit(ctx, ev)
-	s.log.InfoContext(ctx, "session ended", "session_id", id, "sub", sess.Subject, "reason", why.reason, "actor", why.actor)
-	return sess, nil
-}
-
-// revokeDetached revokes a token that no session holds, in the background.
-func (s *Service) revokeDetached(ctx context.Context, d *idp, token, sessionID string) {
-	if token == "" || d == nil || d.revocationURL == "" {
-		return
-	}
-	ctx = context.WithoutCancel(ctx)
-	go func() {
-		if _, err := s.revoke(ctx, d, token); err != nil {
-			s.log.Warn("revoking an unused refresh token failed", "session_id", sessionID, "error", err)
-		}
-	}()
 }
 
 // UserInfo fetches the IdP's userinfo response for the session of handle
@@ -417,17 +428,4 @@ type rawJSON []byte
 func (r *rawJSON) UnmarshalJSON(b []byte) error {
 	*r = append((*r)[:0], b...)
 	return nil
-}
-
-func (s *Service) audit(ctx context.Context, e AuditEvent) {
-	if e.Time.IsZero() {
-		e.Time = s.cfg.Now()
-	}
-	s.log.InfoContext(ctx, "audit", "actor", e.Actor, "action", e.Action, "session_id", e.SessionID, "sub", e.Subject, "outcome", e.Outcome, "detail", e.Detail)
-	if s.cfg.Audit == nil {
-		return
-	}
-	if err := s.cfg.Audit.Append(context.WithoutCancel(ctx), e); err != nil {
-		s.log.WarnContext(ctx, "appending to the audit trail failed", "action", e.Action, "session_id", e.SessionID, "error", err)
-	}
 }

@@ -235,9 +235,26 @@ type adminSession struct {
 	ExpiresAt  time.Time `json:"expires_at"`
 	IP         string    `json:"ip"`
 	UserAgent  string    `json:"user_agent"`
+	// Unreadable flags a record that cannot be opened (a key missing from
+	// the keyring, damage, an edit): it works for nobody, and can be
+	// revoked. Its times are the record's clear-text ones, unauthenticated.
+	Unreadable bool `json:"unreadable,omitempty"`
 }
 
 func adminSessionOf(sess *broker.Session) adminSession {
+	if sess.Unreadable {
+		return adminSession{
+			SessionID:  sess.ID,
+			Subject:    sess.Subject,
+			ClientID:   sess.ClientID,
+			CreatedAt:  rfc3339(sess.CreatedAt),
+			LastUsedAt: rfc3339(sess.CreatedAt),
+			ExpiresAt:  rfc3339(sess.AbsoluteExpiry),
+			IP:         sess.IP,
+			UserAgent:  sess.UserAgent,
+			Unreadable: true,
+		}
+	}
 	return adminSession{
 		SessionID:  sess.ID,
 		Subject:    sess.Subject,

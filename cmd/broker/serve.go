@@ -35,6 +35,8 @@ type hooks struct {
 	now func() time.Time
 	// tracerProvider receives the tracer provider when tracing is on.
 	tracerProvider func(*sdktrace.TracerProvider)
+	// service adjusts the broker's configuration before it starts.
+	service func(*broker.Config)
 }
 
 func serve(ctx context.Context, getenv func(string) string, _, stderr io.Writer, h *hooks) error {
@@ -105,7 +107,7 @@ func runBroker(ctx context.Context, cfg *config, rdb redis.UniversalClient, keys
 	}
 	store := sessions.New(rdb, keys, sessions.Options{Now: h.now})
 	metrics := handlers.NewMetrics()
-	svc, err := broker.New(broker.Config{
+	bcfg := broker.Config{
 		Issuer:       cfg.Issuer,
 		ClientID:     cfg.ClientID,
 		ClientSecret: cfg.ClientSecret,
@@ -120,10 +122,29 @@ func runBroker(ctx context.Context, cfg *config, rdb redis.UniversalClient, keys
 		Logger:       log,
 		Now:          h.now,
 		Metrics:      metrics,
-	})
+	}
+	if h.service != nil {
+		h.service(&bcfg)
+	}
+	svc, err := broker.New(bcfg)
 	if err != nil {
 		return err
 	}
+	// The service's background work (refreshes, rotated tokens still to be
+	// stored, revocations, the outbox) uses the Redis client, which the
+	// caller closes after this returns: wait for that work first, within
+	// the shutdown grace, which the HTTP servers' shutdown shares.
+	var graceEnd time.Time
+	defer func() {
+		if graceEnd.IsZero() {
+			graceEnd = time.Now().Add(shutdownGrace)
+		}
+		cctx, ccancel := context.WithDeadline(context.WithoutCancel(ctx), graceEnd)
+		defer ccancel()
+		if err := svc.Close(cctx); err != nil {
+			log.Warn("background work did not finish within the shutdown grace", "error", err)
+		}
+	}()
 	proxy, err := handlers.NewProxy(handlers.ProxyConfig{
 		Routes:          cfg.Routes,
 		Tokens:          svc,
@@ -195,7 +216,8 @@ func runBroker(ctx context.Context, cfg *config, rdb redis.UniversalClient, keys
 		return fmt.Errorf("listener stopped: %w", err)
 	}
 	log.Info("shutting down, finishing requests in flight", "grace", shutdownGrace)
-	sctx, scancel := context.WithTimeout(context.WithoutCancel(ctx), shutdownGrace)
+	graceEnd = time.Now().Add(shutdownGrace)
+	sctx, scancel := context.WithDeadline(context.WithoutCancel(ctx), graceEnd)
 	defer scancel()
 	var errs []error
 	for _, s := range servers {
