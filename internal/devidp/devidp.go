@@ -3,8 +3,9 @@
 //
 // It is the zitadel/oidc example OP (package op with the example login UI and
 // in-memory storage) configured for one client, with hooks tests need: token
-// endpoint counters, recorded RFC 7009 revocations, an injectable outage
-// (SetFailure, Stop, Restart) and access to the ID token signing key.
+// endpoint counters, recorded RFC 7009 revocations, injectable outages
+// (SetFailure, SetLatency, Pause, Stop, Restart) and access to the ID token
+// signing key.
 //
 // The example OP logs every request through the process-wide slog default
 // logger; Config.Logger only receives the Provider's own messages.
@@ -92,6 +93,7 @@ type Provider struct {
 	served      chan struct{}
 	failure     int
 	latency     time.Duration
+	pause       *pause
 	counts      map[string]int
 	refreshesOK int
 	revoked     []string
@@ -144,7 +146,7 @@ func Start(cfg Config) (*Provider, error) {
 	}
 	// A nil logger keeps SetupServer from replacing the process-wide default.
 	router := exampleop.SetupServer(p.issuer, p.store, nil, false)
-	p.handler = p.observe(p.inject(router))
+	p.handler = p.observe(p.hold(p.inject(router)))
 
 	p.mu.Lock()
 	defer p.mu.Unlock()
@@ -220,14 +222,17 @@ func (p *Provider) serve(ln net.Listener) {
 	p.server, p.served = srv, served
 }
 
-// stop closes the listener and every open connection. p.mu must be held.
+// stop closes the listener and every open connection, and drops the
+// requests a pause holds. p.mu must be held.
 func (p *Provider) stop() error {
 	if p.server == nil {
+		p.dropHeld()
 		return nil
 	}
 	err := p.server.Close()
 	<-p.served
 	p.server, p.served = nil, nil
+	p.dropHeld()
 	// Give clients a moment to notice their keep-alive connections were
 	// closed, so their next request dials afresh (and is refused, or reaches
 	// the restarted server) instead of failing with EOF on a dead connection.
@@ -244,6 +249,8 @@ func (p *Provider) ClientID() string { return p.cfg.ClientID }
 // Stop stops listening and drops open connections, so clients get
 // "connection refused", but keeps keys, users, sessions and tokens for
 // Restart. It pauses briefly so clients see their pooled connections close.
+// Stop ends a Pause as a kill ends a stopped process: the held requests are
+// dropped without reaching the OP, and a Restart serves unpaused.
 func (p *Provider) Stop() error {
 	p.mu.Lock()
 	defer p.mu.Unlock()
@@ -251,7 +258,8 @@ func (p *Provider) Stop() error {
 }
 
 // Close stops the Provider. It is Stop under the name io.Closer callers
-// expect: Restart may still bring the Provider back.
+// expect: Restart may still bring the Provider back. Requests held by Pause
+// are dropped, so a test that ends paused does not hang.
 func (p *Provider) Close() error { return p.Stop() }
 
 // Restart stops the Provider if it is running and listens again on the same
@@ -287,7 +295,8 @@ func (p *Provider) SetFailure(status int) {
 }
 
 // Count returns the number of POST requests to the token endpoint with the
-// given grant_type, whatever their outcome (including injected failures).
+// given grant_type, whatever their outcome (including injected failures),
+// counted when they arrive (a request held by Pause is counted at once).
 func (p *Provider) Count(grantType string) int {
 	p.mu.Lock()
 	defer p.mu.Unlock()

@@ -511,3 +511,144 @@ func TestStartRejectsBadConfig(t *testing.T) {
 		})
 	}
 }
+
+// waitFor polls cond until it holds, failing the test after a few seconds.
+func waitFor(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// refreshResult is what a refresh run in the background returned.
+type refreshResult struct {
+	tok *oauth2.Token
+	err error
+}
+
+// refreshInBackground starts a refresh grant and returns where its result
+// arrives.
+func (a *app) refreshInBackground(ctx context.Context, refreshToken string) <-chan refreshResult {
+	done := make(chan refreshResult, 1)
+	go func() {
+		tok, err := a.refresh(ctx, refreshToken)
+		done <- refreshResult{tok, err}
+	}()
+	return done
+}
+
+// notYet fails the test if a result arrives on done within a short while.
+func notYet[T any](t *testing.T, what string, done <-chan T) {
+	t.Helper()
+	select {
+	case r := <-done:
+		t.Fatalf("%s returned while paused: %+v", what, r)
+	case <-time.After(200 * time.Millisecond):
+	}
+}
+
+func receive[T any](t *testing.T, what string, done <-chan T) T {
+	t.Helper()
+	select {
+	case r := <-done:
+		return r
+	case <-time.After(5 * time.Second):
+		t.Fatalf("%s did not return", what)
+		panic("unreachable")
+	}
+}
+
+func TestPauseHoldsRequestsUntilResume(t *testing.T) {
+	a := start(t, devidp.Config{})
+	tok := a.tokens(t, "n")
+
+	a.p.Pause()
+	refreshed := a.refreshInBackground(t.Context(), tok.RefreshToken)
+	discovered := make(chan error, 1)
+	go func() {
+		_, err := oidc.NewProvider(t.Context(), a.p.Issuer())
+		discovered <- err
+	}()
+	waitFor(t, "the held refresh to be counted", func() bool { return a.p.Count(devidp.GrantRefreshToken) == 1 })
+	notYet(t, "refresh", refreshed)
+	notYet(t, "discovery", discovered)
+	if got := a.p.SuccessfulRefreshes(); got != 0 {
+		t.Errorf("SuccessfulRefreshes() while paused = %d, want 0", got)
+	}
+
+	a.p.Resume()
+	r := receive(t, "refresh after Resume", refreshed)
+	if r.err != nil {
+		t.Fatalf("refresh held until Resume = %v, want tokens", r.err)
+	}
+	if r.tok.RefreshToken == "" || r.tok.RefreshToken == tok.RefreshToken {
+		t.Errorf("refresh held until Resume returned refresh token %q, want a new one", r.tok.RefreshToken)
+	}
+	if err := receive(t, "discovery after Resume", discovered); err != nil {
+		t.Errorf("discovery held until Resume = %v, want ok", err)
+	}
+	if _, err := a.refresh(t.Context(), r.tok.RefreshToken); err != nil {
+		t.Errorf("refresh after Resume = %v, want tokens", err)
+	}
+	if got := a.p.SuccessfulRefreshes(); got != 2 {
+		t.Errorf("SuccessfulRefreshes() = %d, want 2", got)
+	}
+}
+
+// A paused IdP still has the request of a client that gave up, and serves
+// it when resumed: the refresh token rotates although nobody got the new
+// one.
+func TestPauseServesRequestsWhoseClientGaveUp(t *testing.T) {
+	a := start(t, devidp.Config{})
+	tok := a.tokens(t, "n")
+
+	a.p.Pause()
+	ctx, cancel := context.WithCancel(t.Context())
+	refreshed := a.refreshInBackground(ctx, tok.RefreshToken)
+	waitFor(t, "the held refresh to be counted", func() bool { return a.p.Count(devidp.GrantRefreshToken) == 1 })
+	cancel()
+	if r := receive(t, "cancelled refresh", refreshed); !errors.Is(r.err, context.Canceled) {
+		t.Fatalf("cancelled refresh = %v, want context.Canceled", r.err)
+	}
+	// Let the server see the connection close before it resumes.
+	time.Sleep(50 * time.Millisecond)
+
+	a.p.Resume()
+	waitFor(t, "the abandoned refresh to be served", func() bool { return a.p.SuccessfulRefreshes() == 1 })
+	_, err := a.refresh(t.Context(), tok.RefreshToken)
+	wantOAuthError(t, "refresh(token rotated by the abandoned request)", err, http.StatusBadRequest, "invalid_grant")
+	if got := len(a.p.IssuedRefreshTokens()); got != 2 {
+		t.Errorf("IssuedRefreshTokens() has %d tokens, want 2 (login and abandoned refresh)", got)
+	}
+}
+
+func TestCloseDropsHeldRequests(t *testing.T) {
+	a := start(t, devidp.Config{})
+	tok := a.tokens(t, "n")
+
+	a.p.Pause()
+	refreshed := a.refreshInBackground(t.Context(), tok.RefreshToken)
+	waitFor(t, "the held refresh to be counted", func() bool { return a.p.Count(devidp.GrantRefreshToken) == 1 })
+	if err := a.p.Close(); err != nil {
+		t.Fatalf("Close: %v", err)
+	}
+	if r := receive(t, "refresh held at Close", refreshed); r.err == nil {
+		t.Fatal("refresh held at Close succeeded, want an error")
+	}
+
+	// The dropped request never reached the OP, and the restarted
+	// Provider is not paused.
+	if err := a.p.Restart(); err != nil {
+		t.Fatalf("Restart: %v", err)
+	}
+	if _, err := a.refresh(t.Context(), tok.RefreshToken); err != nil {
+		t.Fatalf("refresh after Restart = %v, want tokens", err)
+	}
+	if got := a.p.SuccessfulRefreshes(); got != 1 {
+		t.Errorf("SuccessfulRefreshes() = %d, want 1", got)
+	}
+}
