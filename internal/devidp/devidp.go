@@ -3,9 +3,10 @@
 //
 // It is the zitadel/oidc example OP (package op with the example login UI and
 // in-memory storage) configured for one client, with hooks tests need: token
-// endpoint counters, recorded RFC 7009 revocations, injectable outages
-// (SetFailure, SetLatency, Pause, Stop, Restart) and access to the ID token
-// signing key.
+// endpoint counters, recorded RFC 7009 revocations and presented refresh
+// tokens, injectable outages (SetFailure, SetLatency, Pause, Stop, Restart),
+// the refresh faults of real IdPs (FailRefresh, SetStaticAccessToken) and
+// access to the ID token signing key.
 //
 // The example OP logs every request through the process-wide slog default
 // logger; Config.Logger only receives the Provider's own messages.
@@ -88,15 +89,18 @@ type Provider struct {
 	tokenPath      string
 	revocationPath string
 
-	mu          sync.Mutex
-	server      *http.Server
-	served      chan struct{}
-	failure     int
-	latency     time.Duration
-	pause       *pause
-	counts      map[string]int
-	refreshesOK int
-	revoked     []string
+	mu           sync.Mutex
+	server       *http.Server
+	served       chan struct{}
+	failure      int
+	latency      time.Duration
+	pause        *pause
+	refreshFault refreshFault
+	staticAccess string
+	counts       map[string]int
+	refreshesOK  int
+	revoked      []string
+	refreshSeen  []string
 }
 
 // Start listens on cfg.Addr and serves the OP until Close. The issuer is
@@ -304,7 +308,8 @@ func (p *Provider) Count(grantType string) int {
 }
 
 // SuccessfulRefreshes returns the number of refresh_token grants the OP
-// answered with 200.
+// answered with 200. Grants answered by SetFailure or FailRefresh never
+// reached the OP and are not counted.
 func (p *Provider) SuccessfulRefreshes() int {
 	p.mu.Lock()
 	defer p.mu.Unlock()
@@ -335,8 +340,9 @@ func (p *Provider) SetLatency(d time.Duration) {
 	p.latency = d
 }
 
-// inject delays requests while a latency is set and fails every request
-// while a failure status is set.
+// inject delays requests while a latency is set, fails every request while
+// a failure status is set, and applies the refresh faults (FailRefresh,
+// SetStaticAccessToken) to refresh_token grants.
 func (p *Provider) inject(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		p.mu.Lock()
@@ -349,15 +355,35 @@ func (p *Provider) inject(next http.Handler) http.Handler {
 				return
 			}
 		}
+		tr := tokenRequestOf(r)
 		if status != 0 {
+			tr.markInjected()
 			http.Error(w, "devidp: injected failure: "+http.StatusText(status), status)
 			return
 		}
-		next.ServeHTTP(w, r)
+		if tr == nil || tr.grant != GrantRefreshToken {
+			next.ServeHTTP(w, r)
+			return
+		}
+		if fault, ok := p.takeRefreshFault(); ok {
+			tr.markInjected()
+			writeTokenError(w, fault)
+			return
+		}
+		p.mu.Lock()
+		static := p.staticAccess
+		p.mu.Unlock()
+		if static == "" {
+			next.ServeHTTP(w, r)
+			return
+		}
+		p.serveWithAccessToken(w, r, next, static)
 	})
 }
 
-// observe counts token requests and records accepted revocations.
+// observe counts token requests, records presented refresh tokens and
+// accepted revocations, and tells the handlers it wraps which grant a token
+// request is for.
 func (p *Provider) observe(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if r.Method != http.MethodPost || (r.URL.Path != p.tokenPath && r.URL.Path != p.revocationPath) {
@@ -374,9 +400,13 @@ func (p *Provider) observe(next http.Handler) http.Handler {
 			grant := form.Get("grant_type")
 			p.mu.Lock()
 			p.counts[grant]++
+			if token := form.Get("refresh_token"); grant == GrantRefreshToken && token != "" {
+				p.refreshSeen = append(p.refreshSeen, token)
+			}
 			p.mu.Unlock()
-			next.ServeHTTP(rec, r)
-			if grant == GrantRefreshToken && rec.status == http.StatusOK {
+			tr := &tokenRequest{grant: grant}
+			next.ServeHTTP(rec, r.WithContext(context.WithValue(r.Context(), tokenRequestKey{}, tr)))
+			if grant == GrantRefreshToken && rec.status == http.StatusOK && !tr.injected {
 				p.mu.Lock()
 				p.refreshesOK++
 				p.mu.Unlock()

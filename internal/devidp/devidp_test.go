@@ -4,6 +4,8 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"net/url"
@@ -650,5 +652,173 @@ func TestCloseDropsHeldRequests(t *testing.T) {
 	}
 	if got := a.p.SuccessfulRefreshes(); got != 1 {
 		t.Errorf("SuccessfulRefreshes() = %d, want 1", got)
+	}
+}
+
+func TestFailRefresh(t *testing.T) {
+	tests := []struct {
+		name        string
+		status      int
+		code        string
+		description string
+	}{
+		{"Dex: unknown refresh token", http.StatusBadRequest, "invalid_request", "Refresh token is invalid or has already been claimed by another client."},
+		{"Dex: connector failure", http.StatusInternalServerError, "invalid_request", ""},
+		{"Hydra: concurrent refresh", http.StatusBadRequest, "invalid_request", "Please retry the request"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			a := start(t, devidp.Config{})
+			tok := a.tokens(t, "n")
+
+			a.p.FailRefresh(tt.status, tt.code, tt.description, 1)
+			_, err := a.refresh(t.Context(), tok.RefreshToken)
+			wantOAuthError(t, "refresh(failed)", err, tt.status, tt.code)
+			var re *oauth2.RetrieveError
+			errors.As(err, &re)
+			if re.ErrorDescription != tt.description {
+				t.Errorf("error_description = %q, want %q", re.ErrorDescription, tt.description)
+			}
+			if ct := re.Response.Header.Get("Content-Type"); !strings.HasPrefix(ct, "application/json") {
+				t.Errorf("Content-Type = %q, want application/json", ct)
+			}
+
+			// The failure used up its one time and left the token valid.
+			if _, err := a.refresh(t.Context(), tok.RefreshToken); err != nil {
+				t.Fatalf("refresh after the failure = %v, want tokens", err)
+			}
+			if got := a.p.Count(devidp.GrantRefreshToken); got != 2 {
+				t.Errorf("Count(refresh_token) = %d, want 2", got)
+			}
+			if got := a.p.SuccessfulRefreshes(); got != 1 {
+				t.Errorf("SuccessfulRefreshes() = %d, want 1", got)
+			}
+		})
+	}
+}
+
+func TestFailRefreshTimes(t *testing.T) {
+	a := start(t, devidp.Config{})
+	tok := a.tokens(t, "n")
+
+	a.p.FailRefresh(http.StatusBadRequest, "invalid_request", "Please retry the request", 2)
+	for i := range 2 {
+		_, err := a.refresh(t.Context(), tok.RefreshToken)
+		wantOAuthError(t, fmt.Sprintf("refresh %d of 2 failed", i+1), err, http.StatusBadRequest, "invalid_request")
+	}
+	next, err := a.refresh(t.Context(), tok.RefreshToken)
+	if err != nil {
+		t.Fatalf("third refresh = %v, want tokens", err)
+	}
+
+	a.p.FailRefresh(http.StatusInternalServerError, "invalid_request", "", -1)
+	for i := range 5 {
+		_, err := a.refresh(t.Context(), next.RefreshToken)
+		wantOAuthError(t, fmt.Sprintf("refresh %d while failing until healed", i+1), err, http.StatusInternalServerError, "invalid_request")
+	}
+	// Code grants are not refresh grants.
+	a.tokens(t, "n")
+
+	a.p.FailRefresh(0, "", "", 0)
+	if _, err := a.refresh(t.Context(), next.RefreshToken); err != nil {
+		t.Fatalf("refresh after healing = %v, want tokens", err)
+	}
+	if got := a.p.Count(devidp.GrantRefreshToken); got != 9 {
+		t.Errorf("Count(refresh_token) = %d, want 9", got)
+	}
+	if got := a.p.SuccessfulRefreshes(); got != 2 {
+		t.Errorf("SuccessfulRefreshes() = %d, want 2", got)
+	}
+}
+
+func TestSetStaticAccessToken(t *testing.T) {
+	a := start(t, devidp.Config{AccessTokenTTL: 42 * time.Second})
+	first := a.tokens(t, "n")
+
+	const static = "the-same-access-token"
+	a.p.SetStaticAccessToken(static)
+	if other := a.tokens(t, "n"); other.AccessToken == static {
+		t.Error("code grant returned the static access token, want only refresh grants to")
+	}
+	second, err := a.refresh(t.Context(), first.RefreshToken)
+	if err != nil {
+		t.Fatalf("refresh: %v", err)
+	}
+	third, err := a.refresh(t.Context(), second.RefreshToken)
+	if err != nil {
+		t.Fatalf("second refresh: %v", err)
+	}
+	for i, tok := range []*oauth2.Token{second, third} {
+		if tok.AccessToken != static {
+			t.Errorf("refresh %d access_token = %q, want %q", i+1, tok.AccessToken, static)
+		}
+		// Every other field is the OP's.
+		if tok.RefreshToken == "" || tok.TokenType != "Bearer" || tok.ExpiresIn < 37 || tok.ExpiresIn > 42 {
+			t.Errorf("refresh %d = refresh token %t, token_type %q, expires_in %d; want a refresh token, Bearer, about 42", i+1, tok.RefreshToken != "", tok.TokenType, tok.ExpiresIn)
+		}
+		a.idToken(t, tok)
+	}
+	if second.RefreshToken == third.RefreshToken {
+		t.Error("refresh tokens did not rotate")
+	}
+
+	// The rewritten body is sent with its own length.
+	resp, err := http.PostForm(a.oauth.Endpoint.TokenURL, url.Values{
+		"grant_type":    {devidp.GrantRefreshToken},
+		"refresh_token": {third.RefreshToken},
+		"client_id":     {a.p.ClientID()},
+	})
+	if err != nil {
+		t.Fatalf("POST token: %v", err)
+	}
+	body, err := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if err != nil {
+		t.Fatalf("read token response: %v", err)
+	}
+	if resp.StatusCode != http.StatusOK || resp.ContentLength != int64(len(body)) {
+		t.Fatalf("token response = %d with Content-Length %d and %d bytes, want 200 with matching length", resp.StatusCode, resp.ContentLength, len(body))
+	}
+	var fourth struct {
+		AccessToken  string `json:"access_token"`
+		RefreshToken string `json:"refresh_token"`
+	}
+	if err := json.Unmarshal(body, &fourth); err != nil || fourth.AccessToken != static {
+		t.Fatalf("token response access_token = %q (%v), want %q", fourth.AccessToken, err, static)
+	}
+
+	a.p.SetStaticAccessToken("")
+	healed, err := a.refresh(t.Context(), fourth.RefreshToken)
+	if err != nil {
+		t.Fatalf("refresh after healing: %v", err)
+	}
+	if healed.AccessToken == static || healed.AccessToken == "" {
+		t.Errorf("refresh after healing access_token = %q, want the OP's", healed.AccessToken)
+	}
+	if got := a.p.SuccessfulRefreshes(); got != 4 {
+		t.Errorf("SuccessfulRefreshes() = %d, want 4", got)
+	}
+}
+
+func TestRefreshTokensSeen(t *testing.T) {
+	a := start(t, devidp.Config{})
+	tok := a.tokens(t, "n")
+
+	next, err := a.refresh(t.Context(), tok.RefreshToken)
+	if err != nil {
+		t.Fatalf("refresh: %v", err)
+	}
+	_, err = a.refresh(t.Context(), tok.RefreshToken)
+	wantOAuthError(t, "refresh(rotated token)", err, http.StatusBadRequest, "invalid_grant")
+	a.p.FailRefresh(http.StatusBadRequest, "invalid_request", "", 1)
+	_, err = a.refresh(t.Context(), next.RefreshToken)
+	wantOAuthError(t, "refresh(failed)", err, http.StatusBadRequest, "invalid_request")
+	if _, err := a.refresh(t.Context(), next.RefreshToken); err != nil {
+		t.Fatalf("refresh: %v", err)
+	}
+
+	want := []string{tok.RefreshToken, tok.RefreshToken, next.RefreshToken, next.RefreshToken}
+	if got := a.p.RefreshTokensSeen(); !slices.Equal(got, want) {
+		t.Errorf("RefreshTokensSeen() = %q, want %q", got, want)
 	}
 }
