@@ -193,7 +193,7 @@ func (s *Server) requireAdmin(next echo.HandlerFunc) echo.HandlerFunc {
 			if err := s.limit(c, "admin-denied", s.cfg.InvalidHandleRate); err != nil {
 				return err
 			}
-			s.cfg.Service.AdminDenied(r.Context(), r.Method+" "+c.Path()+": "+why)
+			s.cfg.Service.AdminDenied(r.Context(), methodLabel(r.Method)+" "+c.Path()+": "+why)
 			return denied
 		}
 		c.Set(ctxAdminActor, name)

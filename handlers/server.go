@@ -121,7 +121,7 @@ func errorRenderer(log *slog.Logger, rendered func(broker.Code)) echo.HTTPErrorH
 			}
 		}
 		if broker.ErrorCode(err) == broker.CodeInternal {
-			log.ErrorContext(c.Request().Context(), "internal error", "method", c.Request().Method, "path", c.Request().URL.Path, "error", err)
+			log.ErrorContext(c.Request().Context(), "internal error", "method", methodLabel(c.Request().Method), "path", loggedPath(c.Request().URL.Path), "error", err)
 		}
 		code := writeError(c.Response(), err)
 		if rendered != nil {
@@ -141,8 +141,8 @@ func (s *Server) accessLog(next echo.HandlerFunc) echo.HandlerFunc {
 		}
 		r := c.Request()
 		attrs := []any{
-			"method", r.Method,
-			"path", r.URL.Path,
+			"method", methodLabel(r.Method),
+			"path", loggedPath(r.URL.Path),
 			"status", c.Response().Status,
 			"duration_ms", float64(time.Since(start).Microseconds()) / 1000,
 			"bytes_out", c.Response().Size,
@@ -153,6 +153,19 @@ func (s *Server) accessLog(next echo.HandlerFunc) echo.HandlerFunc {
 		s.log.InfoContext(r.Context(), "request", attrs...)
 		return nil
 	}
+}
+
+// maxLoggedPath bounds the path a log line keeps of a request: the request
+// line may be as long as the header limit.
+const maxLoggedPath = 256
+
+// loggedPath is a request path as logs keep it: at most maxLoggedPath bytes,
+// marked when cut.
+func loggedPath(p string) string {
+	if len(p) <= maxLoggedPath {
+		return p
+	}
+	return p[:maxLoggedPath] + "...(cut)"
 }
 
 // ctxSessionID is the Echo context key under which handlers leave the session

@@ -35,7 +35,7 @@ func tracing(tracer trace.Tracer, listener string) echo.MiddlewareFunc {
 			if route == "" {
 				route = "unmatched"
 			}
-			ctx, span := tracer.Start(ctx, r.Method+" "+route,
+			ctx, span := tracer.Start(ctx, methodLabel(r.Method)+" "+route,
 				trace.WithSpanKind(trace.SpanKindServer),
 				trace.WithAttributes(
 					attribute.String("http.request.method", methodLabel(r.Method)),

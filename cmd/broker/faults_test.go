@@ -125,6 +125,42 @@ func TestGracefulShutdown(t *testing.T) {
 	}
 }
 
+// A rolling deploy: SIGTERM arrives while a refresh that its request
+// stopped waiting for still runs. serve waits for it and stores the rotated
+// tokens before it closes the Redis client, so the next broker refreshes
+// with the live refresh token.
+func TestShutdownWaitsForDetachedRefresh(t *testing.T) {
+	s := newStack(t, stackOptions{accessTokenTTL: time.Minute})
+	b := s.start()
+	c := s.login(b)
+	s.clock.Advance(51 * time.Second) // about 9s left: refresh due, token still valid
+	s.idp.SetLatency(4 * time.Second)
+	// The request waits briefly for the refresh, then goes through with its
+	// still valid token; the refresh goes on without it.
+	if res := do(t, b, http.MethodGet, "/api/a", c.Session, nil); res.status != http.StatusOK {
+		t.Fatalf("request during the slow refresh = %d %s, want 200", res.status, res.body)
+	}
+	if got := s.idp.Count("refresh_token"); got != 1 {
+		t.Fatalf("refresh grants = %d, want 1 in flight", got)
+	}
+	if err := b.stop(); err != nil {
+		t.Fatalf("serve after SIGTERM = %v", err)
+	}
+	if got := s.idp.SuccessfulRefreshes(); got != 1 {
+		t.Fatalf("successful refreshes when serve returned = %d, want 1 (it waited for the refresh)", got)
+	}
+	s.idp.SetLatency(0)
+
+	next := s.start()
+	s.clock.Advance(2 * time.Minute) // the rotated access token has expired too
+	if res := do(t, next, http.MethodGet, "/api/b", c.Session, nil); res.status != http.StatusOK {
+		t.Fatalf("the next broker's refresh = %d %s, want 200 (the rotated refresh token was stored)", res.status, res.body)
+	}
+	if got := s.idp.SuccessfulRefreshes(); got != 2 {
+		t.Errorf("successful refreshes = %d, want 2", got)
+	}
+}
+
 func newSlowUpstream(t *testing.T, release <-chan struct{}) string {
 	t.Helper()
 	u := newUpstream(t)

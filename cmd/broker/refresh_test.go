@@ -75,6 +75,9 @@ func TestRefreshDuringIdPOutage(t *testing.T) {
 	if err := s.idp.Restart(); err != nil {
 		t.Fatal(err)
 	}
+	// The session tries again once the back-off after the last failure
+	// has passed: requests do not each wait on an IdP known to be failing.
+	s.clock.Advance(6 * time.Second)
 	if res := do(t, b, http.MethodGet, "/api/a", c.Session, nil); res.status != http.StatusOK {
 		t.Fatalf("IdP back: = %d %s, want 200", res.status, res.body)
 	}
@@ -160,5 +163,9 @@ func TestRefreshWhileIdPHangs(t *testing.T) {
 	if got := s.idp.Count("refresh_token"); got != 1 {
 		t.Errorf("refresh grants sent while the IdP hangs = %d, want 1", got)
 	}
-	s.idp.SetLatency(0)
+	// The refresh still waits for the IdP's answer; stopping the IdP ends
+	// it, so that the broker's shutdown does not wait for it.
+	if err := s.idp.Stop(); err != nil {
+		t.Fatal(err)
+	}
 }
