@@ -152,6 +152,7 @@ func TestShutdownWaitsForDetachedRefresh(t *testing.T) {
 	s.idp.SetLatency(0)
 
 	next := s.start()
+	s.idp.SetAccessTokenTTL(time.Hour)
 	s.clock.Advance(2 * time.Minute) // the rotated access token has expired too
 	if res := do(t, next, http.MethodGet, "/api/b", c.Session, nil); res.status != http.StatusOK {
 		t.Fatalf("the next broker's refresh = %d %s, want 200 (the rotated refresh token was stored)", res.status, res.body)
