@@ -15,6 +15,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -61,11 +62,11 @@ type process struct {
 // Start returns a Redis for the test.
 //
 // If BROKER_TEST_REDIS_URL is set, that server is used and its database is
-// flushed (FLUSHDB) first; Stop and Restart then skip the test, as an external
-// server cannot be restarted. Otherwise Start runs redis-server from PATH on
-// a free 127.0.0.1 port, without persistence, in a temporary directory, waits
-// until it answers PING and kills it when the test ends. A missing
-// redis-server fails the test.
+// flushed (FLUSHDB) first; Stop, Pause, Resume and Restart then skip the
+// test, as an external server is not ours to control. Otherwise Start runs
+// redis-server from PATH on a free 127.0.0.1 port, without persistence, in a
+// temporary directory, waits until it answers PING and kills it when the
+// test ends. A missing redis-server fails the test.
 func Start(t testing.TB) *Server {
 	t.Helper()
 	if u := os.Getenv(EnvURL); u != "" {
@@ -199,10 +200,41 @@ func (s *Server) Restart(t testing.TB) {
 	t.Fatalf("redistest: restart redis-server on %s: %v", s.addr, errors.Join(errs...))
 }
 
+// Pause stops the server with SIGSTOP, as a hung host or a long pause of
+// the process would: connections are still accepted by the kernel and
+// commands are sent, but nothing is answered until Resume. A paused server
+// may still be stopped, restarted or killed at the end of the test.
+func (s *Server) Pause(t testing.TB) {
+	t.Helper()
+	s.skipExternal(t, "Pause")
+	s.signal(t, "Pause", syscall.SIGSTOP)
+}
+
+// Resume continues a paused server with SIGCONT: it answers the commands
+// that reached it meanwhile, even those whose clients have given up.
+func (s *Server) Resume(t testing.TB) {
+	t.Helper()
+	s.skipExternal(t, "Resume")
+	s.signal(t, "Resume", syscall.SIGCONT)
+}
+
+func (s *Server) signal(t testing.TB, op string, sig syscall.Signal) {
+	t.Helper()
+	s.mu.Lock()
+	p := s.proc
+	s.mu.Unlock()
+	if p == nil {
+		t.Fatalf("redistest: %s: redis-server on %s is not running", op, s.addr)
+	}
+	if err := p.cmd.Process.Signal(sig); err != nil {
+		t.Fatalf("redistest: %s: signal redis-server on %s: %v", op, s.addr, err)
+	}
+}
+
 func (s *Server) skipExternal(t testing.TB, op string) {
 	t.Helper()
 	if s.external {
-		t.Skipf("redistest: %s needs a redis-server run by the test; %s points at an external server that cannot be stopped or restarted", op, EnvURL)
+		t.Skipf("redistest: %s needs a redis-server run by the test; %s points at an external server that cannot be stopped, paused or restarted", op, EnvURL)
 	}
 }
 

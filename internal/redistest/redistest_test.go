@@ -7,6 +7,7 @@ import (
 	"strings"
 	"syscall"
 	"testing"
+	"time"
 
 	"github.com/redis/go-redis/v9"
 
@@ -71,5 +72,50 @@ func TestServersAreIsolated(t *testing.T) {
 	}
 	if err := b.Client(t).Get(ctx, "k").Err(); !errors.Is(err, redis.Nil) {
 		t.Errorf("GET k on b = %v, want redis.Nil", err)
+	}
+}
+
+// A paused server accepts connections and commands but answers nothing
+// until resumed; then it runs what reached it, even for a client that gave
+// up.
+func TestPauseResume(t *testing.T) {
+	s := redistest.Start(t)
+	ctx := t.Context()
+	c := s.Client(t)
+	impatient := redis.NewClient(&redis.Options{Addr: s.Addr(), MaxRetries: -1, ReadTimeout: 200 * time.Millisecond})
+	t.Cleanup(func() { impatient.Close() })
+	// Both clients have a connection open before the pause.
+	for name, cl := range map[string]*redis.Client{"client": c, "impatient client": impatient} {
+		if err := cl.Ping(ctx).Err(); err != nil {
+			t.Fatalf("PING from the %s: %v", name, err)
+		}
+	}
+
+	s.Pause(t)
+	var ne net.Error
+	if err := impatient.Set(ctx, "abandoned", "v", 0).Err(); !errors.As(err, &ne) || !ne.Timeout() {
+		t.Fatalf("SET abandoned while paused = %v, want a timeout", err)
+	}
+	held := make(chan error, 1)
+	go func() { held <- c.Set(ctx, "held", "v", 0).Err() }()
+	select {
+	case err := <-held:
+		t.Fatalf("SET held returned while paused: %v", err)
+	case <-time.After(200 * time.Millisecond):
+	}
+
+	s.Resume(t)
+	select {
+	case err := <-held:
+		if err != nil {
+			t.Fatalf("SET held after Resume: %v", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("SET held did not return after Resume")
+	}
+	for _, key := range []string{"held", "abandoned"} {
+		if got, err := c.Get(ctx, key).Result(); err != nil || got != "v" {
+			t.Errorf("GET %s after Resume = %q, %v; want v", key, got, err)
+		}
 	}
 }
