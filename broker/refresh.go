@@ -170,9 +170,16 @@ func (s *Service) startRefresh(sess *Session) (<-chan singleflight.Result, time.
 		}) {
 			return nil, errClosing
 		}
+		if ErrorCode(err) == CodeInternal && (errors.Is(err, context.DeadlineExceeded) || errors.Is(err, context.Canceled)) {
+			// The flight's own deadline, or Close: the broker's timeout,
+			// not the store's.
+			err = wrap(CodeIdPUnavailable, err, "the session's refresh did not finish in time, retry later")
+		}
 		switch {
 		case err == nil:
 			s.backoff.clear(id)
+		case errors.Is(err, errOtherReplicaSlow):
+			// Nothing is known about the IdP from here.
 		case ErrorCode(err) == CodeIdPUnavailable:
 			s.backoff.set(id, s.cfg.Now().Add(refreshBackoff))
 		}
@@ -180,6 +187,9 @@ func (s *Service) startRefresh(sess *Session) (<-chan singleflight.Result, time.
 	})
 	return ch, started
 }
+
+// errOtherReplicaSlow ends a wait for another replica's refresh.
+var errOtherReplicaSlow = Errorf(CodeIdPUnavailable, "the session's refresh on another replica has not finished, retry later")
 
 // errClosing refuses work that would start after Close.
 var errClosing = Errorf(CodeIdPUnavailable, "the broker is shutting down, retry later")
@@ -202,7 +212,7 @@ func (s *Service) refresh(ctx context.Context, id string, seen uint64) (refreshO
 		}
 		// Another replica refreshes: wait for its result.
 		if time.Now().After(deadline) {
-			return refreshOutcome{}, Errorf(CodeIdPUnavailable, "the session's refresh on another replica has not finished, retry later")
+			return refreshOutcome{}, errOtherReplicaSlow
 		}
 		if err := sleep(ctx, poll); err != nil {
 			return refreshOutcome{}, wrap(CodeIdPUnavailable, err, "the session's refresh did not finish in time")
@@ -259,7 +269,11 @@ func (s *Service) refreshHolding(ctx context.Context, id string, seen uint64, le
 		return refreshOutcome{}, err
 	}
 	out := refreshOutcome{next, sess.Generation + 1}
-	err = s.cfg.Store.UpdateTokens(ctx, id, keep.current(), sess.Generation, next)
+	if l := keep.current(); l == nil {
+		err = ErrLeaseLost
+	} else {
+		err = s.cfg.Store.UpdateTokens(ctx, id, l, sess.Generation, next)
+	}
 	switch {
 	case err == nil:
 		s.cfg.Metrics.Refresh("ok")
