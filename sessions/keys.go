@@ -27,10 +27,6 @@ func sidKey(sid string) string {
 	return keyPrefix + "sid:{" + base64.RawURLEncoding.EncodeToString([]byte(sid)) + "}"
 }
 
-// tokAAD binds a sealed token blob to its session and field: a blob copied
-// into another session's record, or into another field, fails to open.
-func tokAAD(id string) []byte { return []byte("broker:session:" + id + "\x00" + fieldTok) }
-
 // replayKey names the marker of a used one-time token. The id is hashed: it
 // comes from outside and may be long or hold any byte.
 func replayKey(id string) string {

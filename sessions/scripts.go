@@ -5,32 +5,44 @@ import "github.com/redis/go-redis/v9"
 // Lua scripts, each on one key (or keys of one hash tag) so that they run on
 // Redis Cluster too. Script.Run sends EVALSHA and falls back to EVAL when the
 // server lost its script cache, after a restart or a failover. Field names
-// in the scripts are those of the field constants in store.go.
+// in the scripts are those of the field constants in record.go and end.go.
+//
+// go-redis sends a command again when its reply was lost, so every script
+// that writes must answer a repeat of itself as the first run did: each
+// takes a value unique to the call (a token, a sealed blob, an event id) and
+// recognises it when it finds it already written.
 var (
-	// touchScript records a use (ARGV[1], Unix ms) and moves the expiry
-	// (ARGV[2], Unix ms), but never brings back a session that ended.
+	// touchScript records a use at ARGV[1] (Unix ms), sealed as ARGV[3],
+	// and moves the expiry to ARGV[2] (Unix ms), but only when the use is
+	// newer than the one recorded, and never brings back a session that
+	// ended. It compares the clear copy of the last use, since Lua cannot
+	// open the sealed one; a tampered copy can only hold touches back.
 	touchScript = redis.NewScript(`
 if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
-redis.call('HSET', KEYS[1], 'last_used_at', ARGV[1])
+local last = tonumber(redis.call('HGET', KEYS[1], 'last_used_at'))
+if last and last >= tonumber(ARGV[1]) then return 1 end
+redis.call('HSET', KEYS[1], 'lu', ARGV[3], 'last_used_at', ARGV[1])
 redis.call('PEXPIREAT', KEYS[1], ARGV[2])
 return 1
 `)
 
-	// updateTokensScript replaces the sealed tokens (ARGV[1]) of a session
-	// that still exists.
+	// updateTokensScript is the fenced write of a refresh: it stores the
+	// sealed tokens ARGV[4] as generation ARGV[2] of the session KEYS[1]
+	// only while the session is at generation ARGV[1] and its lease KEYS[2]
+	// still holds the caller's token ARGV[3]. HSET keeps the key's expiry.
+	// It answers 1 when written (or when it finds its own write: the
+	// generation after and the very same blob), 0 when the session is gone,
+	// 2 when the generation moved, 3 when the lease was lost.
 	updateTokensScript = redis.NewScript(`
 if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
-redis.call('HSET', KEYS[1], 'tok', ARGV[1])
+local gen = redis.call('HGET', KEYS[1], 'gen')
+if gen ~= ARGV[1] then
+  if gen == ARGV[2] and redis.call('HGET', KEYS[1], 'tok') == ARGV[4] then return 1 end
+  return 2
+end
+if redis.call('GET', KEYS[2]) ~= ARGV[3] then return 3 end
+redis.call('HSET', KEYS[1], 'tok', ARGV[4], 'gen', ARGV[2])
 return 1
-`)
-
-	// deleteScript returns the session's fields and deletes it, or returns
-	// nil when there is nothing to delete.
-	deleteScript = redis.NewScript(`
-local fields = redis.call('HGETALL', KEYS[1])
-if #fields == 0 then return false end
-redis.call('DEL', KEYS[1])
-return fields
 `)
 
 	// indexAddScript adds a session id (ARGV[2]) with its absolute expiry
