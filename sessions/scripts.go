@@ -77,4 +77,62 @@ return 1
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
 return redis.call('DEL', KEYS[1])
 `)
+
+	// endScript ends the session KEYS[1]: it deletes it and its lease
+	// KEYS[3] and writes its tombstone KEYS[2], holding every field of the
+	// record and why it ended, for ARGV[9] ms. ARGV[1] is the call's
+	// token, ARGV[2] the generation the session must be at ("0": any),
+	// ARGV[3..8] the actor, action, reason, detail, revoke flag and end
+	// time. It answers {1, tombstone fields} when it ended the session, or
+	// when the session is gone and the tombstone holds this call's token (a
+	// repeat); {0} when the session is gone otherwise; {2} when the
+	// generation moved.
+	endScript = redis.NewScript(`
+local fields = redis.call('HGETALL', KEYS[1])
+if #fields == 0 then
+  if redis.call('HGET', KEYS[2], 'end_token') == ARGV[1] then
+    return {1, redis.call('HGETALL', KEYS[2])}
+  end
+  return {0}
+end
+if ARGV[2] ~= '0' and redis.call('HGET', KEYS[1], 'gen') ~= ARGV[2] then return {2} end
+redis.call('DEL', KEYS[1], KEYS[2], KEYS[3])
+redis.call('HSET', KEYS[2], unpack(fields))
+redis.call('HSET', KEYS[2],
+  'end_actor', ARGV[3], 'end_action', ARGV[4], 'end_reason', ARGV[5],
+  'end_detail', ARGV[6], 'end_revoke', ARGV[7], 'end_at', ARGV[8],
+  'end_token', ARGV[1], 'done', '0', 'claim_until', '0')
+redis.call('PEXPIRE', KEYS[2], ARGV[9])
+return {1, redis.call('HGETALL', KEYS[2])}
+`)
+
+	// completeEndScript marks the tombstone KEYS[1] done and forgets the
+	// tokens and claims it held. It answers 0 when there is no tombstone.
+	completeEndScript = redis.NewScript(`
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+redis.call('HSET', KEYS[1], 'done', '1')
+redis.call('HDEL', KEYS[1], 'tok', 'claims')
+return 1
+`)
+
+	// claimEndScript claims the tombstone KEYS[1] of the session KEYS[2]
+	// until ARGV[2] (Unix ms) if its work is not done, it ended by ARGV[3]
+	// and nobody claimed it past now (ARGV[1]). It answers {2, tombstone fields} when claimed;
+	// {1} to skip it for now; {0} when the outbox entry can go: the end is
+	// done, or there is neither tombstone nor session (an end that found
+	// nothing, or whose tombstone expired). A session still there without
+	// a tombstone may be an end between its outbox entry and its script,
+	// so its entry stays.
+	claimEndScript = redis.NewScript(`
+if redis.call('EXISTS', KEYS[1]) == 0 then
+  if redis.call('EXISTS', KEYS[2]) == 1 then return {1} end
+  return {0}
+end
+local e = redis.call('HMGET', KEYS[1], 'done', 'claim_until', 'end_at')
+if e[1] == '1' then return {0} end
+if (tonumber(e[2]) or 0) > tonumber(ARGV[1]) then return {1} end
+if (tonumber(e[3]) or 0) > tonumber(ARGV[3]) then return {1} end
+redis.call('HSET', KEYS[1], 'claim_until', ARGV[2])
+return {2, redis.call('HGETALL', KEYS[1])}
+`)
 )
