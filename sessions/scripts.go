@@ -45,6 +45,19 @@ redis.call('HSET', KEYS[1], 'tok', ARGV[4], 'gen', ARGV[2])
 return 1
 `)
 
+	// acquireScript sets KEYS[1] to the caller's value ARGV[1] for ARGV[2]
+	// ms if it is unset. It answers 1 when it set it or finds the caller's
+	// own value there (a repeat), 0 when another caller's value is there.
+	acquireScript = redis.NewScript(`
+local cur = redis.call('GET', KEYS[1])
+if not cur then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+  return 1
+end
+if cur == ARGV[1] then return 1 end
+return 0
+`)
+
 	// indexAddScript adds a session id (ARGV[2]) with its absolute expiry
 	// (ARGV[1], Unix ms) to an index, drops the entries that ended by now
 	// (ARGV[3]) and makes the index live as long as its longest-lived entry.
@@ -76,6 +89,23 @@ return 1
 	releaseScript = redis.NewScript(`
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
 return redis.call('DEL', KEYS[1])
+`)
+
+	// appendAuditScript adds an event (field/value pairs from ARGV[3]) with
+	// its id ARGV[2] to the stream KEYS[1], trimmed to about ARGV[1]
+	// entries, unless one of the newest entries already has that id: the
+	// same call run again adds nothing. Sixteen entries cover every repeat,
+	// which follows its first run within a connection's retry.
+	appendAuditScript = redis.NewScript(`
+local recent = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 16)
+for _, entry in ipairs(recent) do
+  local f = entry[2]
+  for i = 1, #f, 2 do
+    if f[i] == 'event_id' and f[i + 1] == ARGV[2] then return 0 end
+  end
+end
+redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', 'event_id', ARGV[2], unpack(ARGV, 3))
+return 1
 `)
 
 	// endScript ends the session KEYS[1]: it deletes it and its lease
