@@ -91,6 +91,23 @@ if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
 return redis.call('DEL', KEYS[1])
 `)
 
+	// casScript is a compare-and-set on the fields of one hash (KEYS[1]):
+	// ARGV[1] is a count n, ARGV[2..2n+1] the field/value pairs the hash
+	// must still hold, the rest the field/value pairs to set. HSET keeps
+	// the key's expiry. It answers 1 when set, 0 when the hash is gone, 2
+	// when a field no longer holds its expected value.
+	casScript = redis.NewScript(`
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+local n = tonumber(ARGV[1])
+for i = 2, 2 * n, 2 do
+  if redis.call('HGET', KEYS[1], ARGV[i]) ~= ARGV[i + 1] then return 2 end
+end
+if #ARGV > 2 * n + 1 then
+  redis.call('HSET', KEYS[1], unpack(ARGV, 2 * n + 2))
+end
+return 1
+`)
+
 	// appendAuditScript adds an event (field/value pairs from ARGV[3]) with
 	// its id ARGV[2] to the stream KEYS[1], trimmed to about ARGV[1]
 	// entries, unless one of the newest entries already has that id: the
