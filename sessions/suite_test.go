@@ -65,6 +65,7 @@ func runStoreSuite(t *testing.T, newStore func(t *testing.T) *Store) {
 	t.Run("Rekey", func(t *testing.T) { testRekey(t, newStore(t)) })
 	t.Run("RekeyCompareAndSet", func(t *testing.T) { testRekeyCompareAndSet(t, newStore(t)) })
 	t.Run("RekeyRemoveUnreadable", func(t *testing.T) { testRekeyRemoveUnreadable(t, newStore(t)) })
+	t.Run("UpgradeRecords", func(t *testing.T) { testUpgradeRecords(t, newStore(t)) })
 }
 
 // testReadAfterChange reads a session repeatedly while its record changes
