@@ -35,7 +35,7 @@ type RekeyReport struct {
 	// could not convert. They cannot be used anyway; they were left alone
 	// unless RemoveUnreadable ended them.
 	Unreadable int
-	// UnreadableIDs names the first maxReportedIDs of them, in no
+	// UnreadableIDs names the first 20 (maxReportedIDs) of them, in no
 	// particular order.
 	UnreadableIDs []string
 	// Removed counts the unreadable sessions that RemoveUnreadable ended.
