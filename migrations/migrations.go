@@ -22,11 +22,53 @@ type Step struct {
 	// Version is the schema version the store is at once Up succeeded.
 	Version int
 	Name    string
-	// Up converts the store from Version-1. It must be idempotent: a run
-	// interrupted after Up but before the version was recorded runs it
-	// again.
-	Up func(ctx context.Context, c redis.UniversalClient) error
+	// NeedsRecords marks a step that converts sealed session records, which
+	// takes Options.Records.
+	NeedsRecords bool
+	// Up converts the store from Version-1, adding what it has to report
+	// to res. It must be idempotent: a run interrupted after Up but before
+	// the version was recorded runs it again.
+	Up func(ctx context.Context, c redis.UniversalClient, opts Options, res *Result) error
 }
+
+// Records converts session records in ways that take the encryption keys,
+// which only the session store holds; *sessions.Store implements it. This
+// package sees Redis only, so the conversion comes in through here.
+type Records interface {
+	// UpgradeRecords converts the version 1 session records among ids to
+	// version 2 in place, each with a compare-and-set, and skips ids
+	// without a record or with a record at another version. It returns how
+	// many it converted and the ids of those it could not open, which it
+	// left as they were.
+	UpgradeRecords(ctx context.Context, ids []string) (upgraded int, unreadable []string, err error)
+}
+
+// Options are what Apply needs besides Redis.
+type Options struct {
+	// Records converts the session records for step 3. Without it, step 3
+	// fails on the first version 1 record it meets; a store that has none
+	// (a new one) migrates all the same.
+	Records Records
+}
+
+// Result says what Apply did.
+type Result struct {
+	// From and To are the schema versions before and after.
+	From, To int
+	// Upgraded counts the session records step 3 converted; Unreadable
+	// those it could not open and left, of which UnreadableIDs names the
+	// first MaxReportedIDs.
+	Upgraded      int
+	Unreadable    int
+	UnreadableIDs []string
+}
+
+// MaxReportedIDs bounds Result.UnreadableIDs.
+const MaxReportedIDs = 20
+
+// ErrRecordsNeeded is the error of a step that met a session record to
+// convert without Options.Records.
+var ErrRecordsNeeded = errors.New("session records to convert, and no session store (encryption keys) to convert them with")
 
 // steps are ordered by Version, which counts up from 1 without gaps.
 var steps = []Step{
@@ -44,7 +86,7 @@ var steps = []Step{
 		// An empty store already has it, so there is nothing to convert.
 		Version: 1,
 		Name:    "initial key layout",
-		Up:      func(context.Context, redis.UniversalClient) error { return nil },
+		Up:      func(context.Context, redis.UniversalClient, Options, *Result) error { return nil },
 	},
 	{
 		// Version 2 adds an index of every session by absolute expiry, so
@@ -59,7 +101,42 @@ var steps = []Step{
 		// sessions written before.
 		Version: 2,
 		Name:    "index sessions by expiry",
-		Up:      indexByExpiry,
+		Up: func(ctx context.Context, c redis.UniversalClient, _ Options, _ *Result) error {
+			return indexByExpiry(ctx, c)
+		},
+	},
+	{
+		// Version 3 binds every field of a session that grants access or
+		// decides how long it lives to the encryption, so that a record
+		// edited in Redis fails to open instead of being read with the
+		// edits, and adds what the fenced refresh and the durable endings
+		// keep:
+		//
+		//	broker:session:{<id>}           hash, record version v=2: clear
+		//	                                gen, secret_hash, sub, sid,
+		//	                                client_id, created_at, abs_exp,
+		//	                                idle, last_used_at, ip, ua;
+		//	                                sealed claims, tok and lu (last
+		//	                                use), each bound to the id and
+		//	                                field, claims and tok to the
+		//	                                clear fields above but ip, ua and
+		//	                                last_used_at, tok to gen too
+		//	broker:session:{<id>}:ended     hash: tombstone of an ended
+		//	                                session, its record and why it
+		//	                                ended, kept 24 hours
+		//	broker:ends                     zset: session ids whose end still
+		//	                                owes work, by end time
+		//	broker:used:{<base64url(sha256(id))>}
+		//	                                string: a one-time token id seen
+		//
+		// The step converts the version 1 records (claims sealed inside
+		// tok, last use in the clear) in place, at generation 1, through
+		// Options.Records; those it cannot open stay as they are and are
+		// reported.
+		Version:      3,
+		Name:         "bind every field of a session by the encryption",
+		NeedsRecords: true,
+		Up:           bindFields,
 	},
 }
 
@@ -122,26 +199,42 @@ func compare(v int) error {
 // It refuses a store newer than this broker, whose layout it cannot know.
 // Apply does not guard against a concurrent run; each step being idempotent,
 // two runs at once repeat work but reach the same end.
-func Apply(ctx context.Context, c redis.UniversalClient) (from, to int, err error) {
-	from, err = Current(ctx, c)
+func Apply(ctx context.Context, c redis.UniversalClient, opts Options) (Result, error) {
+	from, err := Current(ctx, c)
 	if err != nil {
-		return 0, 0, err
+		return Result{}, err
 	}
+	res := Result{From: from, To: from}
 	if from > Latest() {
-		return from, from, compare(from)
+		return res, compare(from)
 	}
-	to = from
 	for _, step := range steps {
-		if step.Version <= to {
+		if step.Version <= res.To {
 			continue
 		}
-		if err := step.Up(ctx, c); err != nil {
-			return from, to, fmt.Errorf("migration %d (%s): %w", step.Version, step.Name, err)
+		if err := step.Up(ctx, c, opts, &res); err != nil {
+			return res, fmt.Errorf("migration %d (%s): %w", step.Version, step.Name, err)
 		}
 		if err := c.Set(ctx, VersionKey, step.Version, 0).Err(); err != nil {
-			return from, to, fmt.Errorf("record schema version %d: %w", step.Version, err)
+			return res, fmt.Errorf("record schema version %d: %w", step.Version, err)
 		}
-		to = step.Version
+		res.To = step.Version
 	}
-	return from, to, nil
+	return res, nil
+}
+
+// Pending returns the steps the store has not had yet, in order; none for
+// a store newer than this broker.
+func Pending(ctx context.Context, c redis.UniversalClient) ([]Step, error) {
+	v, err := Current(ctx, c)
+	if err != nil {
+		return nil, err
+	}
+	var pending []Step
+	for _, step := range steps {
+		if step.Version > v {
+			pending = append(pending, step)
+		}
+	}
+	return pending, nil
 }

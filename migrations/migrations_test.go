@@ -3,6 +3,7 @@ package migrations
 import (
 	"context"
 	"errors"
+	"reflect"
 	"strconv"
 	"strings"
 	"testing"
@@ -47,9 +48,10 @@ func TestApply(t *testing.T) {
 		t.Errorf("Check on a fresh store = %v, want ErrStoreOlder telling to run broker migrate", err)
 	}
 
-	from, to, err := Apply(ctx, c)
-	if err != nil || from != 0 || to != Latest() {
-		t.Fatalf("Apply on a fresh store = %d, %d, %v; want 0, %d, nil", from, to, err, Latest())
+	// A fresh store holds no session to convert: no Records needed.
+	res, err := Apply(ctx, c, Options{})
+	if err != nil || !reflect.DeepEqual(res, Result{From: 0, To: Latest()}) {
+		t.Fatalf("Apply on a fresh store = %+v, %v; want from 0 to %d, nil", res, err, Latest())
 	}
 	raw, err := c.Get(ctx, VersionKey).Result()
 	if err != nil || raw != strconv.Itoa(Latest()) {
@@ -59,9 +61,12 @@ func TestApply(t *testing.T) {
 		t.Errorf("Check after Apply = %v, want nil", err)
 	}
 
-	from, to, err = Apply(ctx, c)
-	if err != nil || from != Latest() || to != Latest() {
-		t.Errorf("Apply again = %d, %d, %v; want %d, %d, nil", from, to, err, Latest(), Latest())
+	res, err = Apply(ctx, c, Options{})
+	if err != nil || res.From != Latest() || res.To != Latest() {
+		t.Errorf("Apply again = %+v, %v; want from and to %d, nil", res, err, Latest())
+	}
+	if pending, err := Pending(ctx, c); err != nil || len(pending) != 0 {
+		t.Errorf("Pending after Apply = %v, %v; want none", pending, err)
 	}
 }
 
@@ -77,9 +82,9 @@ func TestNewerStore(t *testing.T) {
 	if !errors.Is(err, ErrStoreNewer) || !strings.Contains(err.Error(), "upgrade the broker") {
 		t.Errorf("Check on a newer store = %v, want ErrStoreNewer telling to upgrade the broker", err)
 	}
-	from, to, err := Apply(ctx, c)
-	if !errors.Is(err, ErrStoreNewer) || from != newer || to != newer {
-		t.Errorf("Apply on a newer store = %d, %d, %v; want %d, %d, ErrStoreNewer", from, to, err, newer, newer)
+	res, err := Apply(ctx, c, Options{})
+	if !errors.Is(err, ErrStoreNewer) || res.From != newer || res.To != newer {
+		t.Errorf("Apply on a newer store = %+v, %v; want from and to %d, ErrStoreNewer", res, err, newer)
 	}
 	if v, err := Current(ctx, c); err != nil || v != newer {
 		t.Errorf("version after a refused Apply = %d, %v; want %d left alone", v, err, newer)
@@ -96,7 +101,7 @@ func TestCorruptVersion(t *testing.T) {
 		if v, err := Current(ctx, c); err == nil {
 			t.Errorf("Current with %s = %q = %d, nil; want an error", VersionKey, raw, v)
 		}
-		if _, _, err := Apply(ctx, c); err == nil {
+		if _, err := Apply(ctx, c, Options{}); err == nil {
 			t.Errorf("Apply with %s = %q = nil, want an error", VersionKey, raw)
 		}
 	}

@@ -2,11 +2,13 @@ package sessions
 
 import (
 	"context"
+	"crypto/rand"
 	"fmt"
+	"strings"
 	"time"
+	"unicode/utf8"
 
 	"github.com/mobile-token-broker/broker/broker"
-	"github.com/redis/go-redis/v9"
 )
 
 // auditTimeFormat is RFC 3339 with milliseconds, the stream's own precision.
@@ -21,7 +23,16 @@ const (
 	auditFieldSubject   = "sub"
 	auditFieldOutcome   = "outcome"
 	auditFieldDetail    = "detail"
+	// auditFieldEventID is random per Append call, so that a repeat of the
+	// call is recognised and adds nothing.
+	auditFieldEventID = "event_id"
 )
+
+// maxAuditFieldLen bounds each stored audit field but the detail, which
+// broker.MaxAuditDetailLen bounds. The broker truncates what clients send
+// already; the store bounds it again so that no caller can grow the capped
+// stream without bound.
+const maxAuditFieldLen = 256
 
 // Append adds an event to the audit stream. An event without a time is
 // stamped with the store's clock. Redis trims the stream to about
@@ -31,24 +42,35 @@ func (s *Store) Append(ctx context.Context, e broker.AuditEvent) error {
 	if t.IsZero() {
 		t = s.now()
 	}
-	err := s.client.XAdd(ctx, &redis.XAddArgs{
-		Stream: auditKey,
-		MaxLen: s.auditMaxLen,
-		Approx: true,
-		Values: []any{
-			auditFieldTime, t.UTC().Format(auditTimeFormat),
-			auditFieldActor, e.Actor,
-			auditFieldAction, e.Action,
-			auditFieldSessionID, e.SessionID,
-			auditFieldSubject, e.Subject,
-			auditFieldOutcome, e.Outcome,
-			auditFieldDetail, e.Detail,
-		},
-	}).Err()
+	err := appendAuditScript.Run(ctx, s.client, []string{auditKey}, s.auditMaxLen, rand.Text(),
+		auditFieldTime, t.UTC().Format(auditTimeFormat),
+		auditFieldActor, truncate(e.Actor, maxAuditFieldLen),
+		auditFieldAction, truncate(e.Action, maxAuditFieldLen),
+		auditFieldSessionID, truncate(e.SessionID, maxAuditFieldLen),
+		auditFieldSubject, truncate(e.Subject, maxAuditFieldLen),
+		auditFieldOutcome, truncate(e.Outcome, maxAuditFieldLen),
+		auditFieldDetail, truncate(e.Detail, broker.MaxAuditDetailLen),
+	).Err()
 	if err != nil {
-		return storeError("append audit event", err)
+		return storeError(ctx, "append audit event", err)
 	}
 	return nil
+}
+
+// truncate cuts s to at most n bytes without splitting a UTF-8 sequence.
+func truncate(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	s = s[:n]
+	// Drop a sequence the cut left incomplete: at most three bytes of it.
+	for i := 0; i < utf8.UTFMax-1 && len(s) > 0; i++ {
+		if r, size := utf8.DecodeLastRuneInString(s); r != utf8.RuneError || size != 1 {
+			break
+		}
+		s = s[:len(s)-1]
+	}
+	return strings.ToValidUTF8(s, "")
 }
 
 // List returns up to limit events, newest first; none for a limit below 1.
@@ -58,7 +80,7 @@ func (s *Store) List(ctx context.Context, limit int) ([]broker.AuditEvent, error
 	}
 	msgs, err := s.client.XRevRangeN(ctx, auditKey, "+", "-", int64(limit)).Result()
 	if err != nil {
-		return nil, storeError("list audit events", err)
+		return nil, storeError(ctx, "list audit events", err)
 	}
 	events := make([]broker.AuditEvent, 0, len(msgs))
 	for _, m := range msgs {

@@ -15,8 +15,14 @@ import (
 // a missing key is broker.ErrNotFound, anything that means "Redis cannot
 // answer right now" is broker.ErrStoreUnavailable, and the rest stays an
 // internal error. op names the operation for the logs.
-func storeError(op string, err error) error {
+//
+// A call whose own context ended is reported as that context's error: the
+// caller gave up, Redis did not fail, and counting it as an outage would
+// page someone for a client that hung up.
+func storeError(ctx context.Context, op string, err error) error {
 	switch {
+	case ctx.Err() != nil:
+		return fmt.Errorf("%s: %w", op, ctx.Err())
 	case errors.Is(err, redis.Nil):
 		return fmt.Errorf("%s: %w", op, broker.ErrNotFound)
 	case unavailable(err):

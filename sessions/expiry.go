@@ -37,7 +37,7 @@ func (s *Store) CountSessions(ctx context.Context) (int64, error) {
 		counts[n] = pipe.ZCount(ctx, expiryShardKey(n), after, "+inf")
 	}
 	if _, err := pipe.Exec(ctx); err != nil {
-		return 0, storeError("count sessions", err)
+		return 0, storeError(ctx, "count sessions", err)
 	}
 	var total int64
 	for _, c := range counts {

@@ -166,7 +166,9 @@ func (k *Keyring) Open(sealed, aad []byte) ([]byte, error) {
 	id := string(sealed[2:headerLen])
 	aead, ok := k.aeads[id]
 	if !ok {
-		return nil, fmt.Errorf("open: sealed with key %q, which is not in the keyring", id)
+		// The id is not quoted: it comes from the stored value, which
+		// anyone with write access to the store can set to anything.
+		return nil, errors.New("open: sealed with a key that is not in the keyring")
 	}
 	if len(sealed) < headerLen+aead.NonceSize()+aead.Overhead() {
 		return nil, errors.New("open: sealed value is truncated")

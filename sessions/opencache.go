@@ -1,58 +1,71 @@
 package sessions
 
-import "sync"
+import (
+	"bytes"
+	"sync"
+)
 
-// openCacheSize bounds the opened blobs kept per process.
-const openCacheSize = 10000
+// openCacheSize bounds the opened values kept per process: the claims and
+// the tokens of about as many sessions again.
+const openCacheSize = 20000
 
-// openCache keeps the decrypted, decoded tok field of recently read sessions,
-// keyed by session id and valid only for the exact ciphertext it came from.
-// Get still reads Redis on every call, so a revoked or refreshed session is
-// seen at once; the cache only saves decrypting and JSON-decoding the same
-// bytes again, which is most of the hot path's CPU. Equal authenticated
-// ciphertext always opens to equal plaintext, so a hit cannot be stale.
+// openCache keeps the decrypted, decoded claims and tokens of recently read
+// sessions, each valid only for the exact ciphertext it came from and the
+// exact additional data it was opened with. Get still reads Redis on every
+// call, so a revoked or refreshed session is seen at once; the cache only
+// saves decrypting and JSON-decoding the same bytes again, which is most of
+// the hot path's CPU. Equal authenticated ciphertext under equal additional
+// data always opens to equal plaintext, so a hit cannot be stale; keying on
+// the additional data as well means that a record whose clear fields were
+// edited misses the cache and fails to open, as it must.
 //
 // Cached values are shared: callers must treat Session.Claims as read-only.
 type openCache struct {
 	mu      sync.Mutex
-	entries map[string]openEntry
+	entries map[openKey]openEntry
 }
 
+type openKey struct{ id, field string }
+
 type openEntry struct {
-	blob string
-	p    *sealed
+	blob  string
+	aad   []byte
+	value any
 }
 
 func newOpenCache() *openCache {
-	return &openCache{entries: make(map[string]openEntry)}
+	return &openCache{entries: make(map[openKey]openEntry)}
 }
 
-func (c *openCache) get(id, blob string) (*sealed, bool) {
+func (c *openCache) get(id, field, blob string, aad []byte) (any, bool) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	e, ok := c.entries[id]
-	if !ok || e.blob != blob {
+	e, ok := c.entries[openKey{id, field}]
+	if !ok || e.blob != blob || !bytes.Equal(e.aad, aad) {
 		return nil, false
 	}
-	return e.p, true
+	return e.value, true
 }
 
-func (c *openCache) put(id, blob string, p *sealed) {
+func (c *openCache) put(id, field, blob string, aad []byte, value any) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if _, ok := c.entries[id]; !ok && len(c.entries) >= openCacheSize {
+	k := openKey{id, field}
+	if _, ok := c.entries[k]; !ok && len(c.entries) >= openCacheSize {
 		// Evict an arbitrary entry: map iteration order is random enough
 		// for a cache whose misses cost microseconds.
-		for k := range c.entries {
-			delete(c.entries, k)
+		for old := range c.entries {
+			delete(c.entries, old)
 			break
 		}
 	}
-	c.entries[id] = openEntry{blob: blob, p: p}
+	c.entries[k] = openEntry{blob: blob, aad: bytes.Clone(aad), value: value}
 }
 
+// drop forgets what was opened of a session that ended.
 func (c *openCache) drop(id string) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	delete(c.entries, id)
+	delete(c.entries, openKey{id, fieldClaims})
+	delete(c.entries, openKey{id, fieldTok})
 }

@@ -26,7 +26,7 @@ func NewRateLimiter(client redis.UniversalClient) *RateLimiter {
 func (l *RateLimiter) Allow(ctx context.Context, key string, n int, per time.Duration) (bool, time.Duration, error) {
 	res, err := l.limiter.Allow(ctx, "broker:"+key, redis_rate.Limit{Rate: n, Burst: n, Period: per})
 	if err != nil {
-		return false, 0, storeError("rate limit", err)
+		return false, 0, storeError(ctx, "rate limit", err)
 	}
 	return res.Allowed > 0, res.RetryAfter, nil
 }

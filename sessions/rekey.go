@@ -4,12 +4,23 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strconv"
 	"strings"
 	"sync"
 
 	"github.com/mobile-token-broker/broker/broker"
 	"github.com/redis/go-redis/v9"
 )
+
+// RekeyOptions configure Rekey. The zero value rekeys and reports.
+type RekeyOptions struct {
+	// RemoveUnreadable ends every session whose record cannot be opened
+	// with this keyring, through End, so that the serving brokers' outbox
+	// worker audits each. Run it with the keyring the brokers serve with:
+	// a session unreadable to a smaller keyring may well be readable to
+	// theirs.
+	RemoveUnreadable bool
+}
 
 // RekeyReport counts what Rekey found for each stored session.
 type RekeyReport struct {
@@ -19,56 +30,73 @@ type RekeyReport struct {
 	Current int
 	// Gone sessions ended between the walk seeing them and the rewrite.
 	Gone int
-	// Unreadable sessions are sealed under a key the keyring lacks, or
-	// damaged; they were left alone, and cannot be used anyway.
+	// Unreadable sessions cannot be opened: sealed under a key the keyring
+	// lacks, damaged or edited, or of an older layout that the migration
+	// could not convert. They cannot be used anyway; they were left alone
+	// unless RemoveUnreadable ended them.
 	Unreadable int
+	// UnreadableIDs names the first 20 (maxReportedIDs) of them, in no
+	// particular order.
+	UnreadableIDs []string
+	// Removed counts the unreadable sessions that RemoveUnreadable ended.
+	Removed int
 }
 
-// rekeyAttempts bounds how often Rekey retries one session whose tokens keep
-// changing under it, which takes a refresh at every attempt.
+// maxReportedIDs bounds the ids a report names: enough to look into, few
+// enough for a terminal.
+const maxReportedIDs = 20
+
+func (r *RekeyReport) add(o RekeyReport) {
+	r.Rekeyed += o.Rekeyed
+	r.Current += o.Current
+	r.Gone += o.Gone
+	r.Unreadable += o.Unreadable
+	r.Removed += o.Removed
+	for _, id := range o.UnreadableIDs {
+		if len(r.UnreadableIDs) < maxReportedIDs {
+			r.UnreadableIDs = append(r.UnreadableIDs, id)
+		}
+	}
+}
+
+// rekeyAttempts bounds how often Rekey retries one session whose record
+// keeps changing under it, which takes a refresh or a use at every attempt.
 const rekeyAttempts = 5
 
-// rekeyScript replaces the sealed tokens of a session (KEYS[1]) with
-// ARGV[2] only if they are still ARGV[1], the blob the new one was made
-// from: a refresh that wrote newer tokens meanwhile is never overwritten
-// with the older ones. It returns 1 when replaced, 0 when the session is
-// gone, 2 when its tokens changed. HSET keeps the key's expiry.
-var rekeyScript = redis.NewScript(`
-local cur = redis.call('HGET', KEYS[1], 'tok')
-if not cur then return 0 end
-if cur ~= ARGV[1] then return 2 end
-redis.call('HSET', KEYS[1], 'tok', ARGV[2])
-return 1
-`)
+// rekeyEnd is why RemoveUnreadable ends a session.
+var rekeyEnd = broker.EndReason{
+	Actor:  broker.ActorBroker,
+	Action: broker.ActionSessionRevoke,
+	Reason: "unreadable",
+	Detail: "removed by broker rekey: the record cannot be read",
+}
 
-// Rekey reseals the tokens of every stored session under the keyring's
-// first key, so that the keys after it can be retired once it reports no
-// unreadable session. It walks the keyspace with SCAN, which sees every
-// session that lives throughout the walk; sessions created meanwhile are
-// sealed under the first key already. Each rewrite is a compare-and-set, so
-// Rekey is safe beside serving brokers and safe to run again or after an
+// Rekey reseals the sealed fields (claims, tokens, last use) of every
+// stored session under the keyring's first key, so that the keys after it
+// can be retired once it reports no unreadable session. It walks the
+// keyspace with SCAN, which sees every session that lives throughout the
+// walk; sessions created meanwhile are sealed under the first key already.
+// Each rewrite is a compare-and-set on every field it replaces, so Rekey is
+// safe beside serving brokers and safe to run again or after an
 // interruption: a second run finds every session current.
-func (s *Store) Rekey(ctx context.Context) (RekeyReport, error) {
+func (s *Store) Rekey(ctx context.Context, opts RekeyOptions) (RekeyReport, error) {
 	var (
 		mu    sync.Mutex // batches of a Cluster's masters run at once
 		total RekeyReport
 	)
 	err := scanSessionIDs(ctx, s.client, func(ids []string) error {
-		r, err := s.rekeyBatch(ctx, ids)
+		r, err := s.rekeyBatch(ctx, ids, opts)
 		mu.Lock()
 		defer mu.Unlock()
-		total.Rekeyed += r.Rekeyed
-		total.Current += r.Current
-		total.Gone += r.Gone
-		total.Unreadable += r.Unreadable
+		total.add(r)
 		return err
 	})
 	return total, err
 }
 
 // rekeyBatch rekeys a batch in two pipelined round trips, then retries, as
-// a smaller batch, the sessions whose tokens changed in between.
-func (s *Store) rekeyBatch(ctx context.Context, ids []string) (RekeyReport, error) {
+// a smaller batch, the sessions whose records changed in between.
+func (s *Store) rekeyBatch(ctx context.Context, ids []string, opts RekeyOptions) (RekeyReport, error) {
 	var r RekeyReport
 	pending := ids
 	for attempt := 0; len(pending) > 0; attempt++ {
@@ -76,45 +104,50 @@ func (s *Store) rekeyBatch(ctx context.Context, ids []string) (RekeyReport, erro
 			return r, fmt.Errorf("%d sessions changed at each of %d attempts, starting with session %s: run rekey again", len(pending), rekeyAttempts, pending[0])
 		}
 		pipe := s.client.Pipeline()
-		reads := make([]*redis.StringCmd, len(pending))
+		reads := make([]*redis.MapStringStringCmd, len(pending))
 		for i, id := range pending {
-			reads[i] = pipe.HGet(ctx, sessionKey(id), fieldTok)
+			reads[i] = pipe.HGetAll(ctx, sessionKey(id))
 		}
-		if _, err := pipe.Exec(ctx); err != nil && !errors.Is(err, redis.Nil) {
-			return r, storeError("read sessions to rekey", err)
+		if _, err := pipe.Exec(ctx); err != nil {
+			return r, storeError(ctx, "read sessions to rekey", err)
 		}
 		pipe = s.client.Pipeline()
-		var writing []string
-		var writes []*redis.Cmd
+		var (
+			writing, changed []string
+			writes           []*redis.Cmd
+		)
 		for i, id := range pending {
-			blob, err := reads[i].Bytes()
-			switch {
-			case errors.Is(err, redis.Nil):
+			h := reads[i].Val()
+			if len(h) == 0 {
 				r.Gone++
 				continue
-			case s.keys.sealedWithPrimary(blob):
+			}
+			args, err := s.resealArgs(id, h)
+			var unreadable *broker.UnreadableError
+			switch {
+			case errors.As(err, &unreadable):
+				moved, err := s.unreadable(ctx, id, h, opts, &r)
+				if err != nil {
+					return r, err
+				}
+				if moved {
+					changed = append(changed, id)
+				}
+				continue
+			case err != nil:
+				return r, err
+			case args == nil:
 				r.Current++
 				continue
 			}
-			plaintext, err := s.keys.Open(blob, tokAAD(id))
-			if err != nil {
-				r.Unreadable++
-				continue
-			}
-			resealed, err := s.keys.Seal(plaintext, tokAAD(id))
-			if err != nil {
-				return r, fmt.Errorf("reseal session %s: %w", id, err)
-			}
 			writing = append(writing, id)
-			writes = append(writes, rekeyScript.Eval(ctx, pipe, []string{sessionKey(id)}, blob, resealed))
+			writes = append(writes, casScript.Eval(ctx, pipe, []string{sessionKey(id)}, args...))
 		}
-		if len(writes) == 0 {
-			return r, nil
+		if len(writes) > 0 {
+			if _, err := pipe.Exec(ctx); err != nil {
+				return r, storeError(ctx, "rewrite rekeyed sessions", err)
+			}
 		}
-		if _, err := pipe.Exec(ctx); err != nil {
-			return r, storeError("rewrite rekeyed sessions", err)
-		}
-		var changed []string
 		for i, w := range writes {
 			switch n, _ := w.Int(); n {
 			case 1:
@@ -128,6 +161,73 @@ func (s *Store) rekeyBatch(ctx context.Context, ids []string) (RekeyReport, erro
 		pending = changed
 	}
 	return r, nil
+}
+
+// resealArgs returns the arguments of casScript that reseal the fields of a
+// record not sealed under the first key, or nil when all of them are. The
+// record is opened whole first: only an authentic record is resealed, and
+// the plaintexts are resealed as they are, under the same additional data.
+func (s *Store) resealArgs(id string, h map[string]string) ([]any, error) {
+	if _, err := s.decode(id, h, true); err != nil {
+		return nil, err
+	}
+	b, gen, _ := parseRecord(h)
+	expect := []any{fieldGen, h[fieldGen]}
+	var set []any
+	for _, f := range []struct {
+		name string
+		aad  []byte
+	}{
+		{fieldClaims, claimsAAD(id, b)},
+		{fieldTok, tokAAD(id, b, gen)},
+		{fieldLU, luAAD(id)},
+	} {
+		blob := []byte(h[f.name])
+		if s.keys.sealedWithPrimary(blob) {
+			continue
+		}
+		plaintext, err := s.keys.Open(blob, f.aad)
+		if err != nil {
+			return nil, fmt.Errorf("reseal session %s: field %s: %w", id, f.name, err)
+		}
+		resealed, err := s.keys.Seal(plaintext, f.aad)
+		if err != nil {
+			return nil, fmt.Errorf("reseal session %s: %w", id, err)
+		}
+		expect = append(expect, f.name, blob)
+		set = append(set, f.name, resealed)
+	}
+	if set == nil {
+		return nil, nil
+	}
+	return append(append([]any{len(expect) / 2}, expect...), set...), nil
+}
+
+// unreadable counts a record that does not open and, with
+// RemoveUnreadable, ends it. The end is made conditional on the generation
+// read, where there is one: a record refreshed meanwhile was readable to
+// some broker, and is looked at again (moved) rather than ended.
+func (s *Store) unreadable(ctx context.Context, id string, h map[string]string, opts RekeyOptions, r *RekeyReport) (moved bool, err error) {
+	if opts.RemoveUnreadable {
+		why := rekeyEnd
+		why.IfGeneration, _ = strconv.ParseUint(h[fieldGen], 10, 64)
+		_, err := s.End(ctx, id, why)
+		switch {
+		case errors.Is(err, broker.ErrGenerationMoved):
+			return true, nil
+		case errors.Is(err, broker.ErrNotFound):
+			r.Gone++
+			return false, nil
+		case err != nil:
+			return false, fmt.Errorf("remove unreadable session %s: %w", id, err)
+		}
+		r.Removed++
+	}
+	r.Unreadable++
+	if len(r.UnreadableIDs) < maxReportedIDs {
+		r.UnreadableIDs = append(r.UnreadableIDs, id)
+	}
+	return false, nil
 }
 
 // Primary returns the id of the key that seals new values.
@@ -166,7 +266,7 @@ func scanNode(ctx context.Context, c redis.Cmdable, fn func(ids []string) error)
 	for {
 		keys, next, err := c.Scan(ctx, cursor, sessionKey("*"), scanBatch).Result()
 		if err != nil {
-			return storeError("scan sessions", err)
+			return storeError(ctx, "scan sessions", err)
 		}
 		ids := keys[:0]
 		for _, k := range keys {

@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"reflect"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -13,7 +15,7 @@ import (
 	"github.com/redis/go-redis/v9"
 )
 
-// testExpiryIndex checks that Create and Delete keep the expiry index, which
+// testExpiryIndex checks that Create and End keep the expiry index, which
 // CountSessions reads.
 func testExpiryIndex(t *testing.T, st *Store) {
 	ctx := context.Background()
@@ -33,14 +35,14 @@ func testExpiryIndex(t *testing.T, st *Store) {
 		t.Errorf("CountSessions = %d, %v; want %d", n, err, len(created))
 	}
 	gone := created[0]
-	if _, err := st.Delete(ctx, gone.ID); err != nil {
-		t.Fatalf("Delete = %v", err)
+	if _, err := st.End(ctx, gone.ID, testEnd); err != nil {
+		t.Fatalf("End = %v", err)
 	}
 	if err := st.client.ZScore(ctx, expiryKey(gone.ID), gone.ID).Err(); !errors.Is(err, redis.Nil) {
-		t.Errorf("expiry index entry of a deleted session: ZSCORE = %v, want none", err)
+		t.Errorf("expiry index entry of an ended session: ZSCORE = %v, want none", err)
 	}
 	if n, err := st.CountSessions(ctx); err != nil || n != int64(len(created)-1) {
-		t.Errorf("CountSessions after a Delete = %d, %v; want %d", n, err, len(created)-1)
+		t.Errorf("CountSessions after an End = %d, %v; want %d", n, err, len(created)-1)
 	}
 	if ttl, err := st.client.PTTL(ctx, expiryKey(created[1].ID)).Result(); err != nil || ttl <= 0 {
 		t.Errorf("PTTL of an expiry index shard = %v, %v; want it to expire with its last entry", ttl, err)
@@ -75,15 +77,17 @@ func testRekey(t *testing.T, st *Store) {
 	// Without rekeying, retiring A would end the old sessions: this is what
 	// the rest of the test shows Rekey prevents.
 	_, err := onB.Get(ctx, old[0].ID)
-	assertInternal(t, "Get of a session sealed under A with keyring B, before Rekey", err)
+	assertUnreadable(t, "Get of a session sealed under A with keyring B, before Rekey", old[0].ID, err)
 
-	got, err := onBA.Rekey(ctx)
-	if want := (RekeyReport{Rekeyed: len(old), Current: 1, Unreadable: 1}); err != nil || got != want {
+	got, err := onBA.Rekey(ctx, RekeyOptions{})
+	if want := (RekeyReport{Rekeyed: len(old), Current: 1, Unreadable: 1, UnreadableIDs: []string{lost.ID}}); err != nil || !reflect.DeepEqual(got, want) {
 		t.Fatalf("Rekey = %+v, %v; want %+v, nil", got, err, want)
 	}
 	for _, s := range old {
-		if id := sealedKeyID(t, st, s.ID); id != "B" {
-			t.Errorf("session %s sealed under key %q after Rekey, want B", s.ID, id)
+		for _, f := range []string{fieldClaims, fieldTok, fieldLU} {
+			if id := sealedFieldKeyID(t, st, s.ID, f); id != "B" {
+				t.Errorf("session %s: %s sealed under key %q after Rekey, want B", s.ID, f, id)
+			}
 		}
 		g, err := onB.Get(ctx, s.ID)
 		if err != nil {
@@ -99,9 +103,12 @@ func testRekey(t *testing.T, st *Store) {
 		t.Errorf("unreadable session sealed under key %q after Rekey, want C, left alone", id)
 	}
 
-	got, err = onBA.Rekey(ctx)
-	if want := (RekeyReport{Current: len(old) + 1, Unreadable: 1}); err != nil || got != want {
+	got, err = onBA.Rekey(ctx, RekeyOptions{})
+	if want := (RekeyReport{Current: len(old) + 1, Unreadable: 1, UnreadableIDs: []string{lost.ID}}); err != nil || !reflect.DeepEqual(got, want) {
 		t.Errorf("Rekey again = %+v, %v; want %+v, nil", got, err, want)
+	}
+	if _, err := st.Get(ctx, lost.ID); !errors.As(err, new(*broker.UnreadableError)) {
+		t.Errorf("Get of the unreadable session after Rekey without RemoveUnreadable = %v, want it left, unreadable", err)
 	}
 }
 
@@ -122,17 +129,17 @@ func testRekeyCompareAndSet(t *testing.T, st *Store) {
 	key := sessionKey(s.ID)
 	stale := st.client.HGet(ctx, key, fieldTok).Val()
 	s.Tokens.AccessToken = "ACCESS-REFRESHED"
-	if err := onA.UpdateTokens(ctx, s.ID, s.Tokens); err != nil {
+	if err := refresh(t, onA, s.ID, s.Tokens); err != nil {
 		t.Fatal(err)
 	}
 	refreshed := st.client.HGet(ctx, key, fieldTok).Val()
-	if n, err := rekeyScript.Run(ctx, st.client, []string{key}, stale, "REPLACEMENT").Int(); err != nil || n != 2 {
-		t.Errorf("rekey script from a stale blob = %d, %v; want 2 (changed)", n, err)
+	if n, err := casScript.Run(ctx, st.client, []string{key}, 1, fieldTok, stale, fieldTok, "REPLACEMENT").Int(); err != nil || n != 2 {
+		t.Errorf("compare-and-set script from a stale blob = %d, %v; want 2 (changed)", n, err)
 	}
 	if cur := st.client.HGet(ctx, key, fieldTok).Val(); cur != refreshed {
-		t.Error("rekey script from a stale blob replaced the refreshed tokens")
+		t.Error("compare-and-set script from a stale blob replaced the refreshed tokens")
 	}
-	if r, err := onBA.rekeyBatch(ctx, []string{randomString(t, 16)}); err != nil || r != (RekeyReport{Gone: 1}) {
+	if r, err := onBA.rekeyBatch(ctx, []string{randomString(t, 16)}, RekeyOptions{}); err != nil || !reflect.DeepEqual(r, RekeyReport{Gone: 1}) {
 		t.Errorf("rekeyBatch of a session that is gone = %+v, %v; want Gone 1", r, err)
 	}
 
@@ -145,7 +152,7 @@ func testRekeyCompareAndSet(t *testing.T, st *Store) {
 		defer close(stop)
 		for i := range refreshes {
 			s.Tokens.AccessToken = fmt.Sprintf("ACCESS-%d", i)
-			if err := onAB.UpdateTokens(ctx, s.ID, s.Tokens); err != nil {
+			if err := refresh(t, onAB, s.ID, s.Tokens); err != nil {
 				t.Errorf("UpdateTokens = %v", err)
 				return
 			}
@@ -170,7 +177,7 @@ func testRekeyCompareAndSet(t *testing.T, st *Store) {
 			default:
 			}
 			// Losing every attempt to the refreshes is allowed, and said.
-			if _, err := onBA.Rekey(ctx); err != nil && !strings.Contains(err.Error(), "run rekey again") {
+			if _, err := onBA.Rekey(ctx, RekeyOptions{}); err != nil && !strings.Contains(err.Error(), "run rekey again") {
 				t.Errorf("Rekey = %v", err)
 				return
 			}
@@ -183,5 +190,58 @@ func testRekeyCompareAndSet(t *testing.T, st *Store) {
 	}
 	if want := fmt.Sprintf("ACCESS-%d", refreshes-1); g.Tokens.AccessToken != want {
 		t.Errorf("access token after Rekey raced refreshes = %q, want the last refresh's %q", g.Tokens.AccessToken, want)
+	}
+}
+
+// testRekeyRemoveUnreadable ends, through End, the sessions that cannot be
+// read, and leaves the others as a plain Rekey would.
+func testRekeyRemoveUnreadable(t *testing.T, st *Store) {
+	ctx := context.Background()
+	keyA, keyC := "A:"+randomKey(t), "C:"+randomKey(t)
+	onA := withKeys(st, mustKeyring(t, keyA))
+	var readable []*broker.Session
+	for range 2 {
+		s, _ := testSession(t, st.now(), "auth0|rekey-remove", "")
+		mustCreate(t, onA, s)
+		readable = append(readable, s)
+	}
+	lost, _ := testSession(t, st.now(), "auth0|rekey-remove", "")
+	mustCreate(t, withKeys(st, mustKeyring(t, keyC)), lost)
+	edited, _ := testSession(t, st.now(), "auth0|rekey-remove", "")
+	mustCreate(t, onA, edited)
+	if err := st.client.HSet(ctx, sessionKey(edited.ID), fieldAbsExp, millis(edited.AbsoluteExpiry.Add(time.Hour))).Err(); err != nil {
+		t.Fatal(err)
+	}
+
+	got, err := onA.Rekey(ctx, RekeyOptions{RemoveUnreadable: true})
+	if err != nil {
+		t.Fatalf("Rekey(RemoveUnreadable) = %v", err)
+	}
+	slices.Sort(got.UnreadableIDs)
+	want := RekeyReport{Current: 2, Unreadable: 2, Removed: 2, UnreadableIDs: sorted(lost.ID, edited.ID)}
+	if !reflect.DeepEqual(got, want) {
+		t.Errorf("Rekey(RemoveUnreadable) = %+v, want %+v", got, want)
+	}
+	for _, s := range []*broker.Session{lost, edited} {
+		assertGone(t, st, s.ID)
+		e, err := onA.Ending(ctx, s.ID)
+		if err != nil {
+			t.Errorf("Ending of a removed session = %v", err)
+			continue
+		}
+		if e.Why != rekeyEnd || !e.Session.Unreadable || e.Session.Subject != s.Subject || e.Done {
+			t.Errorf("Ending of a removed session = %+v, Session %+v; want why %+v, flagged Unreadable, not done", e, e.Session, rekeyEnd)
+		}
+		if !inOutbox(t, st, s.ID) {
+			t.Errorf("removed session %s is not in the outbox, where the brokers' worker audits it", s.ID)
+		}
+	}
+	for _, s := range readable {
+		if _, err := onA.Get(ctx, s.ID); err != nil {
+			t.Errorf("Get of a readable session after Rekey(RemoveUnreadable) = %v", err)
+		}
+	}
+	if got, err := onA.Rekey(ctx, RekeyOptions{RemoveUnreadable: true}); err != nil || !reflect.DeepEqual(got, RekeyReport{Current: 2}) {
+		t.Errorf("Rekey(RemoveUnreadable) again = %+v, %v; want 2 current", got, err)
 	}
 }

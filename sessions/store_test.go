@@ -58,14 +58,19 @@ func TestStoreUnavailable(t *testing.T) {
 		{"Ping", func() error { return st.Ping(ctx) }},
 		{"Create", func() error { return st.Create(ctx, fresh) }},
 		{"Get", func() error { _, err := st.Get(ctx, held.ID); return err }},
-		{"UpdateTokens", func() error { return st.UpdateTokens(ctx, held.ID, held.Tokens) }},
+		{"UpdateTokens", func() error { return st.UpdateTokens(ctx, held.ID, lease, 1, held.Tokens) }},
 		{"Touch", func() error { return st.Touch(ctx, held.ID, time.Now(), time.Now().Add(time.Hour)) }},
-		{"Delete", func() error { _, err := st.Delete(ctx, held.ID); return err }},
+		{"End", func() error { _, err := st.End(ctx, held.ID, testEnd); return err }},
+		{"Ending", func() error { _, err := st.Ending(ctx, held.ID); return err }},
+		{"CompleteEnd", func() error { return st.CompleteEnd(ctx, held.ID) }},
+		{"ClaimEnds", func() error { _, err := st.ClaimEnds(ctx, time.Minute, time.Minute, 10); return err }},
 		{"ListBySubject", func() error { _, err := st.ListBySubject(ctx, held.Subject); return err }},
 		{"ListBySID", func() error { _, err := st.ListBySID(ctx, held.SID); return err }},
 		{"TryLock", func() error { _, _, err := st.TryLock(ctx, fresh.ID, time.Minute); return err }},
 		{"Lease.Extend", func() error { return lease.Extend(ctx) }},
 		{"Lease.Release", func() error { return lease.Release(ctx) }},
+		{"FirstUse", func() error { _, err := st.FirstUse(ctx, "jti", time.Minute); return err }},
+		{"Used", func() error { _, err := st.Used(ctx, "jti"); return err }},
 		{"Append", func() error {
 			return st.Append(ctx, broker.AuditEvent{Actor: "admin", Action: broker.ActionUserRevoke, Outcome: broker.OutcomeOK})
 		}},
@@ -110,7 +115,45 @@ func TestStoreUnavailable(t *testing.T) {
 	if err := st.Touch(ctx, fresh.ID, time.Now(), time.Now().Add(time.Hour)); err != nil {
 		t.Errorf("Touch after Restart = %v", err)
 	}
-	if _, err := st.Delete(ctx, fresh.ID); err != nil {
-		t.Errorf("Delete after Restart = %v", err)
+	if _, err := st.End(ctx, fresh.ID, testEnd); err != nil {
+		t.Errorf("End after Restart = %v", err)
+	}
+}
+
+// TestCallerGaveUp checks that a call whose own context ended reports the
+// context's error, not an outage of the store: the caller went away, Redis
+// did not.
+func TestCallerGaveUp(t *testing.T) {
+	srv := redistest.Start(t)
+	st := newStandaloneStore(t, srv)
+	s, _ := testSession(t, time.Now(), "auth0|gave-up", "")
+	mustCreate(t, st, s)
+	canceled, cancel := context.WithCancel(context.Background())
+	cancel()
+	expired, cancel := context.WithDeadline(context.Background(), time.Now().Add(-time.Second))
+	defer cancel()
+	for _, c := range []struct {
+		name string
+		ctx  context.Context
+		want error
+	}{
+		{"canceled", canceled, context.Canceled},
+		{"past its deadline", expired, context.DeadlineExceeded},
+	} {
+		calls := map[string]func() error{
+			"Get":   func() error { _, err := st.Get(c.ctx, s.ID); return err },
+			"Touch": func() error { return st.Touch(c.ctx, s.ID, time.Now(), time.Now().Add(time.Hour)) },
+			"End":   func() error { _, err := st.End(c.ctx, s.ID, testEnd); return err },
+			"Ping":  func() error { return st.Ping(c.ctx) },
+		}
+		for name, call := range calls {
+			err := call()
+			if !errors.Is(err, c.want) || errors.Is(err, broker.ErrStoreUnavailable) {
+				t.Errorf("%s with a context %s = %v, want %v and not ErrStoreUnavailable", name, c.name, err, c.want)
+			}
+		}
+	}
+	if _, err := st.Get(context.Background(), s.ID); err != nil {
+		t.Errorf("Get with a live context = %v", err)
 	}
 }

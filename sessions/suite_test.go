@@ -29,9 +29,18 @@ func runStoreSuite(t *testing.T, newStore func(t *testing.T) *Store) {
 	t.Run("ExpiryReal", func(t *testing.T) { testExpiryReal(t, newStore(t)) })
 	t.Run("Touch", func(t *testing.T) { testTouch(t, newStore(t)) })
 	t.Run("TouchDeleted", func(t *testing.T) { testTouchDeleted(t, newStore(t)) })
+	t.Run("TouchNeverBackwards", func(t *testing.T) { testTouchNeverBackwards(t, newStore(t)) })
 	t.Run("UpdateTokens", func(t *testing.T) { testUpdateTokens(t, newStore(t)) })
 	t.Run("UpdateTokensDeleted", func(t *testing.T) { testUpdateTokensDeleted(t, newStore(t)) })
-	t.Run("ConcurrentDelete", func(t *testing.T) { testConcurrentDelete(t, newStore(t)) })
+	t.Run("FencedWrite", func(t *testing.T) { testFencedWrite(t, newStore(t)) })
+	t.Run("FencedWriteRepeat", func(t *testing.T) { testFencedWriteRepeat(t, newStore(t)) })
+	t.Run("FencedWriteLease", func(t *testing.T) { testFencedWriteLease(t, newStore(t)) })
+	t.Run("ConcurrentEnd", func(t *testing.T) { testConcurrentEnd(t, newStore(t)) })
+	t.Run("EndRepeat", func(t *testing.T) { testEndRepeat(t, newStore(t)) })
+	t.Run("EndIfGeneration", func(t *testing.T) { testEndIfGeneration(t, newStore(t)) })
+	t.Run("CompleteEnd", func(t *testing.T) { testCompleteEnd(t, newStore(t)) })
+	t.Run("ClaimEnds", func(t *testing.T) { testClaimEnds(t, newStore(t)) })
+	t.Run("ClaimEndsHousekeeping", func(t *testing.T) { testClaimEndsHousekeeping(t, newStore(t)) })
 	t.Run("ListBySubject", func(t *testing.T) { testListBySubject(t, newStore(t)) })
 	t.Run("ListBySubjectPrunes", func(t *testing.T) { testListPrunes(t, newStore(t)) })
 	t.Run("ListBySID", func(t *testing.T) { testListBySID(t, newStore(t)) })
@@ -39,16 +48,24 @@ func runStoreSuite(t *testing.T, newStore func(t *testing.T) *Store) {
 	t.Run("LockExcludes", func(t *testing.T) { testLockExcludes(t, newStore(t)) })
 	t.Run("LockReleaseByNonOwner", func(t *testing.T) { testLockReleaseByNonOwner(t, newStore(t)) })
 	t.Run("LockExtend", func(t *testing.T) { testLockExtend(t, newStore(t)) })
+	t.Run("LockRepeat", func(t *testing.T) { testLockRepeat(t, newStore(t)) })
+	t.Run("FirstUse", func(t *testing.T) { testFirstUse(t, newStore(t)) })
 	t.Run("AuditNewestFirst", func(t *testing.T) { testAuditNewestFirst(t, newStore(t)) })
 	t.Run("AuditCapped", func(t *testing.T) { testAuditCapped(t, newStore(t)) })
+	t.Run("AuditRepeat", func(t *testing.T) { testAuditRepeat(t, newStore(t)) })
+	t.Run("AuditFieldsBounded", func(t *testing.T) { testAuditFieldsBounded(t, newStore(t)) })
 	t.Run("NoPlaintext", func(t *testing.T) { testNoPlaintext(t, newStore(t)) })
 	t.Run("KeyRotation", func(t *testing.T) { testKeyRotation(t, newStore(t)) })
 	t.Run("TamperedTok", func(t *testing.T) { testTamperedTok(t, newStore(t)) })
 	t.Run("MovedTok", func(t *testing.T) { testMovedTok(t, newStore(t)) })
+	t.Run("TamperedFields", func(t *testing.T) { testTamperedFields(t, newStore(t)) })
+	t.Run("UnknownKeyListedAndEnded", func(t *testing.T) { testUnknownKeyListedAndEnded(t, newStore(t)) })
 	t.Run("ReadAfterChange", func(t *testing.T) { testReadAfterChange(t, newStore(t)) })
 	t.Run("ExpiryIndex", func(t *testing.T) { testExpiryIndex(t, newStore(t)) })
 	t.Run("Rekey", func(t *testing.T) { testRekey(t, newStore(t)) })
 	t.Run("RekeyCompareAndSet", func(t *testing.T) { testRekeyCompareAndSet(t, newStore(t)) })
+	t.Run("RekeyRemoveUnreadable", func(t *testing.T) { testRekeyRemoveUnreadable(t, newStore(t)) })
+	t.Run("UpgradeRecords", func(t *testing.T) { testUpgradeRecords(t, newStore(t)) })
 }
 
 // testReadAfterChange reads a session repeatedly while its record changes
@@ -68,15 +85,15 @@ func testReadAfterChange(t *testing.T, st *Store) {
 			t.Fatalf("read %d: access token %q, want %q", i, got.Tokens.AccessToken, want)
 		}
 		s.Tokens.AccessToken = fmt.Sprintf("ACCESS-ROTATED-%d", i)
-		if err := other.UpdateTokens(ctx, s.ID, s.Tokens); err != nil {
+		if err := refresh(t, other, s.ID, s.Tokens); err != nil {
 			t.Fatalf("UpdateTokens on another replica = %v", err)
 		}
 	}
-	if _, err := other.Delete(ctx, s.ID); err != nil {
-		t.Fatalf("Delete on another replica = %v", err)
+	if _, err := other.End(ctx, s.ID, testEnd); err != nil {
+		t.Fatalf("End on another replica = %v", err)
 	}
 	if _, err := st.Get(ctx, s.ID); !errors.Is(err, broker.ErrNotFound) {
-		t.Fatalf("Get after a delete elsewhere = %v, want ErrNotFound", err)
+		t.Fatalf("Get after an end elsewhere = %v, want ErrNotFound", err)
 	}
 }
 
@@ -161,6 +178,31 @@ func mustCreate(t *testing.T, st *Store, s *broker.Session) {
 	}
 }
 
+// testEnd is the reason the tests end sessions with when the reason does
+// not matter.
+var testEnd = broker.EndReason{Actor: broker.ActorUser, Action: broker.ActionLogout, Reason: "logout", RevokeAtIdP: true}
+
+// refresh stores new tokens the way the broker does: under the session's
+// lease, from the generation it read. It may run outside the test's
+// goroutine, so it reports rather than stops.
+func refresh(t *testing.T, st *Store, id string, tok broker.Tokens) error {
+	t.Helper()
+	ctx := context.Background()
+	lease, ok, err := st.TryLock(ctx, id, 10*time.Second)
+	if err != nil {
+		return err
+	}
+	if !ok {
+		return fmt.Errorf("TryLock(%s) = false, want the lease", id)
+	}
+	defer lease.Release(ctx)
+	cur, err := st.Get(ctx, id)
+	if err != nil {
+		return err
+	}
+	return st.UpdateTokens(ctx, id, lease, cur.Generation, tok)
+}
+
 func assertSameSession(t *testing.T, got, want *broker.Session) {
 	t.Helper()
 	check := func(field string, g, w any) {
@@ -180,6 +222,7 @@ func assertSameSession(t *testing.T, got, want *broker.Session) {
 	check("Subject", got.Subject, want.Subject)
 	check("SID", got.SID, want.SID)
 	check("ClientID", got.ClientID, want.ClientID)
+	check("Unreadable", got.Unreadable, false)
 	check("Claims", got.Claims, want.Claims)
 	check("Tokens.AccessToken", got.Tokens.AccessToken, want.Tokens.AccessToken)
 	check("Tokens.TokenType", got.Tokens.TokenType, want.Tokens.TokenType)
@@ -201,13 +244,25 @@ func assertNotFound(t *testing.T, what string, err error) {
 	}
 }
 
-// assertInternal checks that err is neither "not found" nor "unavailable":
-// a record that cannot be read must not pass for a missing one.
-func assertInternal(t *testing.T, what string, err error) {
+// assertUnreadable checks that err reports the record of session id as
+// unreadable, neither "not found" nor "unavailable": a record that cannot be
+// read must not pass for a missing one. It returns what the record says in
+// the clear.
+func assertUnreadable(t *testing.T, what, id string, err error) *broker.Session {
 	t.Helper()
-	if err == nil || broker.ErrorCode(err) != broker.CodeInternal {
-		t.Errorf("%s = %v, want an internal error", what, err)
+	var unreadable *broker.UnreadableError
+	if !errors.As(err, &unreadable) || !errors.Is(err, broker.ErrUnreadable) {
+		t.Errorf("%s = %v, want an *UnreadableError", what, err)
+		return nil
 	}
+	if broker.ErrorCode(err) != broker.CodeInternal {
+		t.Errorf("%s: ErrorCode = %s, want %s", what, broker.ErrorCode(err), broker.CodeInternal)
+	}
+	if s := unreadable.Session; s == nil || s.ID != id || !s.Unreadable {
+		t.Errorf("%s: UnreadableError.Session = %+v, want session %s flagged Unreadable", what, s, id)
+		return nil
+	}
+	return unreadable.Session
 }
 
 func pttl(t *testing.T, c redis.UniversalClient, key string) time.Duration {
@@ -255,8 +310,12 @@ func testUnknownID(t *testing.T, st *Store) {
 	for _, id := range []string{randomString(t, 16), "not-a-session-id", "", "{x}"} {
 		_, err := st.Get(ctx, id)
 		assertNotFound(t, fmt.Sprintf("Get(%q)", id), err)
-		_, err = st.Delete(ctx, id)
-		assertNotFound(t, fmt.Sprintf("Delete(%q)", id), err)
+		_, err = st.End(ctx, id, testEnd)
+		assertNotFound(t, fmt.Sprintf("End(%q)", id), err)
+		_, err = st.Ending(ctx, id)
+		assertNotFound(t, fmt.Sprintf("Ending(%q)", id), err)
+		err = st.CompleteEnd(ctx, id)
+		assertNotFound(t, fmt.Sprintf("CompleteEnd(%q)", id), err)
 	}
 }
 
@@ -311,11 +370,11 @@ func testTouchDeleted(t *testing.T, st *Store) {
 	ctx := context.Background()
 	s, _ := testSession(t, time.Now(), "auth0|touch-deleted", "")
 	mustCreate(t, st, s)
-	if _, err := st.Delete(ctx, s.ID); err != nil {
-		t.Fatalf("Delete = %v", err)
+	if _, err := st.End(ctx, s.ID, testEnd); err != nil {
+		t.Fatalf("End = %v", err)
 	}
 	err := st.Touch(ctx, s.ID, time.Now(), time.Now().Add(time.Hour))
-	assertNotFound(t, "Touch after Delete", err)
+	assertNotFound(t, "Touch after End", err)
 	assertGone(t, st, s.ID)
 }
 
@@ -343,7 +402,7 @@ func testUpdateTokens(t *testing.T, st *Store) {
 		IDToken:      "IDTOKEN-2",
 		Expiry:       time.Now().Add(time.Hour).UTC(),
 	}
-	if err := st.UpdateTokens(ctx, s.ID, s.Tokens); err != nil {
+	if err := refresh(t, st, s.ID, s.Tokens); err != nil {
 		t.Fatalf("UpdateTokens = %v", err)
 	}
 	got, err := st.Get(ctx, s.ID)
@@ -351,6 +410,9 @@ func testUpdateTokens(t *testing.T, st *Store) {
 		t.Fatalf("Get after UpdateTokens = %v", err)
 	}
 	assertSameSession(t, got, s)
+	if got.Generation != 2 {
+		t.Errorf("Generation after one refresh = %d, want 2", got.Generation)
+	}
 	if after := pttl(t, st.client, sessionKey(s.ID)); after <= 0 || after > ttlBefore {
 		t.Errorf("PTTL after UpdateTokens = %v, want kept at about %v", after, ttlBefore)
 	}
@@ -360,17 +422,30 @@ func testUpdateTokensDeleted(t *testing.T, st *Store) {
 	ctx := context.Background()
 	s, _ := testSession(t, time.Now(), "auth0|update-deleted", "")
 	mustCreate(t, st, s)
-	if _, err := st.Delete(ctx, s.ID); err != nil {
-		t.Fatalf("Delete = %v", err)
+	l, ok, err := st.TryLock(ctx, s.ID, time.Minute)
+	if err != nil || !ok {
+		t.Fatalf("TryLock = %v, %v", ok, err)
 	}
-	err := st.UpdateTokens(ctx, s.ID, broker.Tokens{AccessToken: "ACCESS-late"})
-	assertNotFound(t, "UpdateTokens after Delete", err)
+	if _, err := st.End(ctx, s.ID, testEnd); err != nil {
+		t.Fatalf("End = %v", err)
+	}
+	err = st.UpdateTokens(ctx, s.ID, l, 1, broker.Tokens{AccessToken: "ACCESS-late"})
+	assertNotFound(t, "UpdateTokens after End", err)
 	assertGone(t, st, s.ID)
-	err = st.UpdateTokens(ctx, randomString(t, 16), broker.Tokens{AccessToken: "ACCESS-never"})
+	// The script alone, as if the session ended between the read and it.
+	n, err := updateTokensScript.Run(ctx, st.client, []string{sessionKey(s.ID), lockKey(s.ID)}, "1", "2", l.(*lease).token, "BLOB").Int()
+	if err != nil || n != 0 {
+		t.Errorf("update tokens script on an ended session = %d, %v; want 0 (gone)", n, err)
+	}
+	assertGone(t, st, s.ID)
+	unknown := randomString(t, 16)
+	l, _, _ = st.TryLock(ctx, unknown, time.Minute)
+	err = st.UpdateTokens(ctx, unknown, l, 1, broker.Tokens{AccessToken: "ACCESS-never"})
 	assertNotFound(t, "UpdateTokens of an unknown id", err)
+	assertGone(t, st, unknown)
 }
 
-func testConcurrentDelete(t *testing.T, st *Store) {
+func testConcurrentEnd(t *testing.T, st *Store) {
 	ctx := context.Background()
 	s, _ := testSession(t, time.Now(), "auth0|concurrent", "")
 	mustCreate(t, st, s)
@@ -378,24 +453,26 @@ func testConcurrentDelete(t *testing.T, st *Store) {
 	var got, notFound atomic.Int32
 	var wg sync.WaitGroup
 	start := make(chan struct{})
-	for range n {
+	for i := range n {
 		wg.Go(func() {
 			<-start
-			sess, err := st.Delete(ctx, s.ID)
+			why := testEnd
+			why.Detail = fmt.Sprint(i)
+			e, err := st.End(ctx, s.ID, why)
 			switch {
-			case err == nil && sess.ID == s.ID:
+			case err == nil && e.Session.ID == s.ID && e.Why == why:
 				got.Add(1)
 			case errors.Is(err, broker.ErrNotFound):
 				notFound.Add(1)
 			default:
-				t.Errorf("Delete = %v, %v", sess, err)
+				t.Errorf("End = %+v, %v", e, err)
 			}
 		})
 	}
 	close(start)
 	wg.Wait()
 	if got.Load() != 1 || notFound.Load() != n-1 {
-		t.Errorf("%d concurrent Deletes: %d got the session, %d got ErrNotFound; want 1 and %d", n, got.Load(), notFound.Load(), n-1)
+		t.Errorf("%d concurrent Ends: %d got the Ending, %d got ErrNotFound; want 1 and %d", n, got.Load(), notFound.Load(), n-1)
 	}
 }
 
@@ -450,8 +527,8 @@ func testListPrunes(t *testing.T, st *Store) {
 	for _, s := range []*broker.Session{live, deleted, idleGone, pastAbsolute} {
 		mustCreate(t, st, s)
 	}
-	if _, err := st.Delete(ctx, deleted.ID); err != nil {
-		t.Fatalf("Delete = %v", err)
+	if _, err := st.End(ctx, deleted.ID, testEnd); err != nil {
+		t.Fatalf("End = %v", err)
 	}
 	// As if its idle timeout had passed: the key is gone, the entry stays.
 	if err := st.client.Del(ctx, sessionKey(idleGone.ID)).Err(); err != nil {
@@ -492,8 +569,8 @@ func testListBySID(t *testing.T, st *Store) {
 	for _, s := range []*broker.Session{a, b, c, gone} {
 		mustCreate(t, st, s)
 	}
-	if _, err := st.Delete(ctx, gone.ID); err != nil {
-		t.Fatalf("Delete = %v", err)
+	if _, err := st.End(ctx, gone.ID, testEnd); err != nil {
+		t.Fatalf("End = %v", err)
 	}
 	if err := st.client.ZAdd(ctx, sidKey("op-session-1"), redis.Z{Score: float64(now.Add(time.Hour).UnixMilli()), Member: randomString(t, 16)}).Err(); err != nil {
 		t.Fatal(err)
@@ -568,8 +645,8 @@ func testLockReleaseByNonOwner(t *testing.T, st *Store) {
 	if err := first.Release(ctx); err != nil {
 		t.Errorf("Release by the expired holder = %v, want nil", err)
 	}
-	if err := first.Extend(ctx); err == nil {
-		t.Error("Extend by the expired holder = nil, want an error")
+	if err := first.Extend(ctx); !errors.Is(err, broker.ErrLeaseLost) {
+		t.Errorf("Extend by the expired holder = %v, want ErrLeaseLost", err)
 	}
 	if _, ok, err := st.TryLock(ctx, id, 10*time.Second); err != nil || ok {
 		t.Errorf("TryLock after a non-owner's Release = %v, %v; want the second lease still held", ok, err)
@@ -675,11 +752,18 @@ func testNoPlaintext(t *testing.T, st *Store) {
 	ctx := context.Background()
 	s, secret := testSession(t, time.Now(), "auth0|plaintext", "op-session-plaintext")
 	mustCreate(t, st, s)
-	if err := st.UpdateTokens(ctx, s.ID, broker.Tokens{AccessToken: "ACCESS-UPDATED-" + randomString(t, 8), RefreshToken: s.Tokens.RefreshToken}); err != nil {
+	if err := refresh(t, st, s.ID, broker.Tokens{AccessToken: "ACCESS-UPDATED-" + randomString(t, 8), RefreshToken: s.Tokens.RefreshToken}); err != nil {
 		t.Fatalf("UpdateTokens = %v", err)
 	}
 	s2, _ := testSession(t, time.Now(), "auth0|plaintext", "")
 	mustCreate(t, st, s2)
+	// An ended session's tombstone holds its record until the end's work
+	// is done: sealed as well.
+	s3, secret3 := testSession(t, time.Now(), "auth0|plaintext", "")
+	mustCreate(t, st, s3)
+	if _, err := st.End(ctx, s3.ID, testEnd); err != nil {
+		t.Fatalf("End = %v", err)
+	}
 	if _, _, err := st.TryLock(ctx, s.ID, time.Minute); err != nil {
 		t.Fatalf("TryLock = %v", err)
 	}
@@ -693,9 +777,10 @@ func testNoPlaintext(t *testing.T, st *Store) {
 
 	dump := dumpKeyspace(t, st.client)
 	forbidden := []string{
-		secret,
+		secret, secret3,
 		s.Tokens.AccessToken, updated.Tokens.AccessToken, s.Tokens.RefreshToken, s.Tokens.IDToken,
 		s2.Tokens.AccessToken, s2.Tokens.RefreshToken, s2.Tokens.IDToken,
+		s3.Tokens.AccessToken, s3.Tokens.RefreshToken, s3.Tokens.IDToken, s3.Claims["email"].(string),
 		s.Claims["email"].(string), s.Claims["groups"].([]any)[0].(string),
 		s.Claims["address"].(map[string]any)["locality"].(string),
 		// The tags alone, in case a value were stored transformed.
@@ -707,7 +792,7 @@ func testNoPlaintext(t *testing.T, st *Store) {
 		}
 	}
 	// The dump must have seen the record, or the check proves nothing.
-	if !bytes.Contains(dump, []byte(s.IP)) || !bytes.Contains(dump, []byte(s.ID)) {
+	if !bytes.Contains(dump, []byte(s.IP)) || !bytes.Contains(dump, []byte(s.ID)) || !bytes.Contains(dump, []byte(endedKey(s3.ID))) {
 		t.Error("keyspace dump does not hold the session's plaintext fields; is the dump complete?")
 	}
 }
@@ -783,12 +868,19 @@ func randomKey(t *testing.T) string {
 // sealedKeyID returns the id of the key that sealed a session's tok field.
 func sealedKeyID(t *testing.T, st *Store, id string) string {
 	t.Helper()
-	blob, err := st.client.HGet(context.Background(), sessionKey(id), fieldTok).Bytes()
+	return sealedFieldKeyID(t, st, id, fieldTok)
+}
+
+// sealedFieldKeyID returns the id of the key that sealed a sealed field of a
+// session.
+func sealedFieldKeyID(t *testing.T, st *Store, id, field string) string {
+	t.Helper()
+	blob, err := st.client.HGet(context.Background(), sessionKey(id), field).Bytes()
 	if err != nil {
 		t.Fatal(err)
 	}
 	if len(blob) < 2 || len(blob) < 2+int(blob[1]) {
-		t.Fatalf("tok of session %s is too short to hold a header", id)
+		t.Fatalf("%s of session %s is too short to hold a header", field, id)
 	}
 	return string(blob[2 : 2+int(blob[1])])
 }
@@ -815,22 +907,36 @@ func testKeyRotation(t *testing.T, st *Store) {
 	}
 
 	_, err = onB.Get(ctx, old.ID)
-	assertInternal(t, "Get of a session sealed under A with keyring B", err)
+	assertUnreadable(t, "Get of a session sealed under A with keyring B", old.ID, err)
 	if _, err := onB.Get(ctx, fresh.ID); err != nil {
 		t.Errorf("Get of a session sealed under B with keyring B = %v", err)
 	}
 
-	// A refresh reseals under the current key, so that A can be retired
-	// once every session was refreshed or ended.
-	if err := onBA.UpdateTokens(ctx, old.ID, old.Tokens); err != nil {
+	// A refresh reseals the tokens, and a use the last use, under the
+	// current key; the claims, written once, wait for `broker rekey`.
+	if err := refresh(t, onBA, old.ID, old.Tokens); err != nil {
 		t.Fatalf("UpdateTokens = %v", err)
 	}
-	if id := sealedKeyID(t, st, old.ID); id != "B" {
-		t.Errorf("refreshed session sealed under key %q, want B", id)
+	old.LastUsedAt = old.LastUsedAt.Add(time.Second)
+	if err := onBA.Touch(ctx, old.ID, old.LastUsedAt, old.ExpiresAt()); err != nil {
+		t.Fatalf("Touch = %v", err)
 	}
-	if _, err := onB.Get(ctx, old.ID); err != nil {
-		t.Errorf("Get of a resealed session with keyring B = %v", err)
+	for _, f := range []string{fieldTok, fieldLU} {
+		if id := sealedFieldKeyID(t, st, old.ID, f); id != "B" {
+			t.Errorf("%s of a refreshed and used session sealed under key %q, want B", f, id)
+		}
 	}
+	if id := sealedFieldKeyID(t, st, old.ID, fieldClaims); id != "A" {
+		t.Errorf("claims of a refreshed session sealed under key %q, want A until a rekey", id)
+	}
+	if _, err := onBA.Rekey(ctx, RekeyOptions{}); err != nil {
+		t.Fatalf("Rekey = %v", err)
+	}
+	got, err = onB.Get(ctx, old.ID)
+	if err != nil {
+		t.Fatalf("Get of a refreshed, rekeyed session with keyring B = %v", err)
+	}
+	assertSameSession(t, got, old)
 }
 
 func testTamperedTok(t *testing.T, st *Store) {
@@ -846,7 +952,7 @@ func testTamperedTok(t *testing.T, st *Store) {
 		t.Fatal(err)
 	}
 	_, err = st.Get(ctx, s.ID)
-	assertInternal(t, "Get with a tampered tok", err)
+	assertUnreadable(t, "Get with a tampered tok", s.ID, err)
 	assertNoSecrets(t, err, s)
 }
 
@@ -864,10 +970,16 @@ func testMovedTok(t *testing.T, st *Store) {
 		t.Fatal(err)
 	}
 	_, err = st.Get(ctx, attacker.ID)
-	assertInternal(t, "Get with another session's tok", err)
+	assertUnreadable(t, "Get with another session's tok", attacker.ID, err)
 	assertNoSecrets(t, err, victim)
-	_, err = st.Delete(ctx, attacker.ID)
-	assertInternal(t, "Delete with another session's tok", err)
+	// An unreadable record is ended all the same, and says so.
+	e, err := st.End(ctx, attacker.ID, testEnd)
+	if err != nil {
+		t.Fatalf("End of a session holding another session's tok = %v", err)
+	}
+	if !e.Session.Unreadable || e.Session.ID != attacker.ID || e.Session.Tokens != (broker.Tokens{}) {
+		t.Errorf("End of a session holding another session's tok: Session = %+v, want it flagged Unreadable without tokens", e.Session)
+	}
 }
 
 func assertNoSecrets(t *testing.T, err error, s *broker.Session) {

@@ -206,6 +206,22 @@ func redisFromEnv(getenv func(string) string) (rdb redis.UniversalClient, proble
 	return rdb, ""
 }
 
+// keyringFromEnv parses BROKER_ENCRYPTION_KEYS for the commands that need
+// only the store; why says what needs it. problem is "" when the keys are
+// fine.
+func keyringFromEnv(getenv func(string) string, why string) (keys *sessions.Keyring, problem string) {
+	raw := getenv("BROKER_ENCRYPTION_KEYS")
+	if raw == "" {
+		return nil, "BROKER_ENCRYPTION_KEYS is required (" + why + "): comma-separated KEYID:BASE64(32 bytes)"
+	}
+	keys, err := sessions.ParseKeyring(raw)
+	if err != nil {
+		// ParseKeyring never quotes key material.
+		return nil, "BROKER_ENCRYPTION_KEYS: " + err.Error()
+	}
+	return keys, ""
+}
+
 // configError lists every configuration problem, one per line.
 type configError struct {
 	problems []string

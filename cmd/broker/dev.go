@@ -116,7 +116,7 @@ func runDev(ctx context.Context, getenv func(string) string, idpAddr string, std
 		return err
 	}
 	defer rdb.Close()
-	if _, _, err := migrations.Apply(ctx, rdb); err != nil {
+	if _, err := migrations.Apply(ctx, rdb, migrations.Options{Records: sessions.New(rdb, keys, sessions.Options{})}); err != nil {
 		return fmt.Errorf("migrate the development store: %w", err)
 	}
 	if h == nil {

@@ -118,7 +118,7 @@ func newStack(t testing.TB, opts stackOptions) *stack {
 		t.Fatalf("sessions.NewClient: %v", err)
 	}
 	defer rdb.Close()
-	if _, _, err := migrations.Apply(context.Background(), rdb); err != nil {
+	if _, err := migrations.Apply(context.Background(), rdb, migrations.Options{}); err != nil {
 		t.Fatalf("migrations.Apply: %v", err)
 	}
 	env := map[string]string{

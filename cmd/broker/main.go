@@ -5,6 +5,7 @@
 //	broker serve       run the service (configuration from the environment)
 //	broker migrate     apply pending migrations of the session store
 //	broker rekey       reseal every session under the first encryption key
+//	                   (--remove-unreadable: end those that cannot be read)
 //	broker dev         run a self-contained development stack
 //	broker dev login   play the mobile app against `broker dev`
 //	broker sessions    list, show and revoke sessions through the admin API
@@ -40,7 +41,7 @@ func main() {
 	}
 }
 
-var errUsage = errors.New("usage: broker serve | broker migrate | broker rekey | broker dev [login] | broker sessions list|show|revoke | broker audit")
+var errUsage = errors.New("usage: broker serve | broker migrate | broker rekey [--remove-unreadable] | broker dev [login] | broker sessions list|show|revoke | broker audit")
 
 // run dispatches a subcommand. It returns instead of exiting so that tests
 // can drive the whole program.
@@ -54,7 +55,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	case "migrate":
 		return migrate(ctx, getenv, stdout)
 	case "rekey":
-		return rekey(ctx, getenv, stdout)
+		return rekey(ctx, args[1:], getenv, stdout)
 	case "dev":
 		return devCommand(ctx, args[1:], getenv, stdout, stderr)
 	case "sessions":

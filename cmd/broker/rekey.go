@@ -2,18 +2,30 @@ package main
 
 import (
 	"context"
+	"flag"
 	"fmt"
 	"io"
+	"strings"
 
 	"github.com/mobile-token-broker/broker/migrations"
 	"github.com/mobile-token-broker/broker/sessions"
 )
 
+const rekeySynopsis = "broker rekey [--remove-unreadable]"
+
 // rekey reseals every stored session under the first key of
 // BROKER_ENCRYPTION_KEYS, so that the keys after it can then be removed
 // without ending anyone's session. It needs only BROKER_REDIS_URL and
-// BROKER_ENCRYPTION_KEYS, and runs beside serving brokers.
-func rekey(ctx context.Context, getenv func(string) string, stdout io.Writer) error {
+// BROKER_ENCRYPTION_KEYS, and runs beside serving brokers. With
+// --remove-unreadable it ends the sessions that cannot be read, which the
+// serving brokers then audit.
+func rekey(ctx context.Context, args []string, getenv func(string) string, stdout io.Writer) error {
+	fs := flag.NewFlagSet("rekey", flag.ContinueOnError)
+	removeUnreadable := fs.Bool("remove-unreadable", false,
+		"end the sessions that cannot be read with BROKER_ENCRYPTION_KEYS (sealed under a key missing from it, or damaged); use the keys the brokers serve with")
+	if done, err := parseFlags(fs, "rekey", rekeySynopsis, args, stdout); done {
+		return err
+	}
 	var problems []string
 	rdb, problem := redisFromEnv(getenv)
 	if problem != "" {
@@ -21,16 +33,9 @@ func rekey(ctx context.Context, getenv func(string) string, stdout io.Writer) er
 	} else {
 		defer rdb.Close()
 	}
-	rawKeys := getenv("BROKER_ENCRYPTION_KEYS")
-	var keys *sessions.Keyring
-	if rawKeys == "" {
-		problems = append(problems, "BROKER_ENCRYPTION_KEYS is required: comma-separated KEYID:BASE64(32 bytes)")
-	} else {
-		var err error
-		if keys, err = sessions.ParseKeyring(rawKeys); err != nil {
-			// ParseKeyring never quotes key material.
-			problems = append(problems, "BROKER_ENCRYPTION_KEYS: "+err.Error())
-		}
+	keys, problem := keyringFromEnv(getenv, "the key to reseal under and the keys to open with")
+	if problem != "" {
+		problems = append(problems, problem)
 	}
 	if len(problems) > 0 {
 		return &configError{problems: problems}
@@ -40,14 +45,25 @@ func rekey(ctx context.Context, getenv func(string) string, stdout io.Writer) er
 	if err := migrations.Check(ctx, rdb); err != nil {
 		return err
 	}
-	report, err := sessions.New(rdb, keys, sessions.Options{}).Rekey(ctx)
-	fmt.Fprintf(stdout, "rekeyed %d sessions to key %q; %d already current; %d gone meanwhile; %d unreadable\n",
+	report, err := sessions.New(rdb, keys, sessions.Options{}).Rekey(ctx, sessions.RekeyOptions{RemoveUnreadable: *removeUnreadable})
+	fmt.Fprintf(stdout, "rekeyed %d sessions to key %q; %d already current; %d gone meanwhile; %d unreadable",
 		report.Rekeyed, keys.Primary(), report.Current, report.Gone, report.Unreadable)
+	if *removeUnreadable {
+		fmt.Fprintf(stdout, ", %d of them removed", report.Removed)
+	}
+	fmt.Fprintln(stdout)
+	if len(report.UnreadableIDs) > 0 {
+		more := ""
+		if report.Unreadable > len(report.UnreadableIDs) {
+			more = ", ..."
+		}
+		fmt.Fprintf(stdout, "unreadable sessions: %s%s\n", strings.Join(report.UnreadableIDs, ", "), more)
+	}
 	if err != nil {
 		return fmt.Errorf("rekey: %w", err)
 	}
-	if report.Unreadable > 0 {
-		return fmt.Errorf("rekey: %d sessions are sealed under a key missing from BROKER_ENCRYPTION_KEYS or are damaged; they cannot be used whatever the keys", report.Unreadable)
+	if left := report.Unreadable - report.Removed; left > 0 {
+		return fmt.Errorf("rekey: %d sessions are sealed under a key missing from BROKER_ENCRYPTION_KEYS or are damaged; they cannot be used whatever the keys, and `broker rekey --remove-unreadable` ends them", left)
 	}
 	return nil
 }

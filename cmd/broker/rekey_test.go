@@ -82,6 +82,60 @@ func TestRekeyRetiresOldKey(t *testing.T) {
 	}
 }
 
+// TestRekeyRemoveUnreadable leaves behind a session sealed under a key no
+// longer in BROKER_ENCRYPTION_KEYS: `broker rekey` reports it and fails,
+// saying how to remove it; `broker rekey --remove-unreadable` ends it,
+// after which its handle gets 401 and the other sessions work as before.
+func TestRekeyRemoveUnreadable(t *testing.T) {
+	ctx := context.Background()
+	keyLost, keyA := "lost:"+randomKey(t), "a:"+randomKey(t)
+	s := newStack(t, stackOptions{env: map[string]string{"BROKER_ENCRYPTION_KEYS": keyLost}})
+	onLost := s.start()
+	lost := s.login(onLost)
+	if err := onLost.stop(); err != nil {
+		t.Fatalf("stop: %v", err)
+	}
+	onA, err := s.tryStart(map[string]string{"BROKER_ENCRYPTION_KEYS": keyA})
+	if err != nil {
+		t.Fatalf("serve with keys A: %v", err)
+	}
+	kept := s.login(onA)
+
+	env := map[string]string{"BROKER_REDIS_URL": s.env["BROKER_REDIS_URL"], "BROKER_ENCRYPTION_KEYS": keyA}
+	getenv := func(k string) string { return env[k] }
+	var out strings.Builder
+	err = run(ctx, []string{"rekey"}, getenv, &out, io.Discard)
+	if err == nil || !strings.Contains(err.Error(), "--remove-unreadable") {
+		t.Errorf("broker rekey with an unreadable session = %v, want an error pointing to --remove-unreadable", err)
+	}
+	for _, want := range []string{"1 already current; 0 gone meanwhile; 1 unreadable", "unreadable sessions: " + lost.SessionID} {
+		if !strings.Contains(out.String(), want) {
+			t.Errorf("broker rekey printed %q, want %q", out.String(), want)
+		}
+	}
+
+	out.Reset()
+	if err := run(ctx, []string{"rekey", "--remove-unreadable"}, getenv, &out, io.Discard); err != nil {
+		t.Fatalf("broker rekey --remove-unreadable = %v", err)
+	}
+	if want := "1 unreadable, 1 of them removed"; !strings.Contains(out.String(), want) {
+		t.Errorf("broker rekey --remove-unreadable printed %q, want %q", out.String(), want)
+	}
+	if res := do(t, onA, http.MethodGet, "/api/x", lost.Session, nil); res.status != http.StatusUnauthorized {
+		t.Errorf("GET /api/x with the removed session's handle = %d %s, want 401", res.status, res.body)
+	}
+	if res := do(t, onA, http.MethodGet, "/api/x", kept.Session, nil); res.status != http.StatusOK {
+		t.Errorf("GET /api/x with a readable session's handle = %d %s, want 200", res.status, res.body)
+	}
+	out.Reset()
+	if err := run(ctx, []string{"rekey", "--remove-unreadable"}, getenv, &out, io.Discard); err != nil || !strings.Contains(out.String(), "0 unreadable, 0 of them removed") {
+		t.Errorf("broker rekey --remove-unreadable again = %v, printed %q; want nothing unreadable", err, out.String())
+	}
+	if err := run(ctx, []string{"rekey", "--remove"}, getenv, io.Discard, io.Discard); !errors.Is(err, errUsage) {
+		t.Errorf("broker rekey --remove = %v, want a usage error", err)
+	}
+}
+
 func TestRekeyConfig(t *testing.T) {
 	tests := []struct {
 		name string

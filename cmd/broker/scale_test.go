@@ -382,7 +382,7 @@ func BenchmarkRekey(b *testing.B) {
 		}
 		b.StartTimer()
 		start := time.Now()
-		report, err := sessions.New(rdb, onBA, sessions.Options{}).Rekey(ctx)
+		report, err := sessions.New(rdb, onBA, sessions.Options{}).Rekey(ctx, sessions.RekeyOptions{})
 		took += time.Since(start)
 		if err != nil || report.Rekeyed != n {
 			b.Fatalf("Rekey = %+v, %v; want %d rekeyed", report, err, n)
