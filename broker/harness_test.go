@@ -61,7 +61,7 @@ func newEnv(t *testing.T, accessTokenTTL time.Duration) *env {
 		t.Fatal(err)
 	}
 	rdb := rs.Client(t)
-	if _, _, err := migrations.Apply(context.Background(), rdb); err != nil {
+	if _, err := migrations.Apply(context.Background(), rdb, migrations.Options{}); err != nil {
 		t.Fatalf("migrations.Apply: %v", err)
 	}
 	return &env{t: t, redis: rs, idp: idp, keys: keys, clock: &clock{}}
