@@ -110,7 +110,7 @@ func (s *Service) freshTokens(ctx context.Context, sess *Session) (Tokens, error
 	if !usable {
 		wait = expiredRefreshWait
 	}
-	ch, started := s.startRefresh(sess)
+	ch, started := s.startRefresh(ctx, sess)
 	if time.Since(started) >= wait {
 		// The refresh this request would join has already run longer than
 		// a request waits: the IdP is hanging.
@@ -155,17 +155,19 @@ func (s *Service) withoutRefresh(ctx context.Context, sess *Session, err error) 
 // startRefresh joins or starts the process's refresh flight of a session and
 // reports when that flight started. The flight is detached from every
 // request: a request that stops waiting leaves it to finish and store its
-// result, and Close waits for it.
-func (s *Service) startRefresh(sess *Session) (<-chan singleflight.Result, time.Time) {
+// result, and Close waits for it. It keeps the values of the request that
+// started it (its request id, for the logs).
+func (s *Service) startRefresh(reqCtx context.Context, sess *Session) (<-chan singleflight.Result, time.Time) {
 	id, seen := sess.ID, sess.Generation
 	started := s.flights.start(id)
 	ch := s.flight.DoChan("refresh:"+id, func() (any, error) {
 		defer s.flights.done(id)
 		var out refreshOutcome
 		var err error
-		if !s.work(func(ctx context.Context) {
-			ctx, cancel := context.WithTimeout(ctx, s.cfg.RefreshTimeout+2*s.cfg.LockTTL)
+		if !s.work(func(base context.Context) {
+			ctx, cancel := context.WithTimeout(context.WithoutCancel(reqCtx), s.cfg.RefreshTimeout+2*s.cfg.LockTTL)
 			defer cancel()
+			defer context.AfterFunc(base, cancel)()
 			out, err = s.refresh(ctx, id, seen)
 		}) {
 			return nil, errClosing
@@ -436,7 +438,7 @@ func (s *Service) redeemRefresh(ctx context.Context, sess *Session) (Tokens, err
 		s.cfg.Metrics.Refresh("failed")
 		return Tokens{}, wrap(CodeIdPUnavailable, redactURLError(err), "the identity provider is unavailable, retry later")
 	}
-	next := tokensFrom(tok, sess.Tokens.IDToken)
+	next := s.tokensFrom(tok, sess.Tokens.IDToken)
 	if next.RefreshToken == "" {
 		// RFC 6749 section 6: the IdP may keep the refresh token as it is.
 		next.RefreshToken = sess.Tokens.RefreshToken

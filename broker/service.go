@@ -284,17 +284,24 @@ func (s *Service) verifyExchange(ctx context.Context, d *idp, tok *oauth2.Token,
 		Subject: idt.Subject,
 		SID:     sid,
 		Claims:  claims,
-		Tokens:  tokensFrom(tok, rawID),
+		Tokens:  s.tokensFrom(tok, rawID),
 	}, rawID, nil
 }
 
-func tokensFrom(tok *oauth2.Token, rawID string) Tokens {
+// tokensFrom takes the tokens of a token response. The access token's
+// expiry is counted from expires_in on the broker's clock, which decides
+// every expiry, rather than on the wall clock x/oauth2 uses.
+func (s *Service) tokensFrom(tok *oauth2.Token, rawID string) Tokens {
+	expiry := tok.Expiry
+	if tok.ExpiresIn > 0 {
+		expiry = s.cfg.Now().Add(time.Duration(tok.ExpiresIn) * time.Second)
+	}
 	return Tokens{
 		AccessToken:  tok.AccessToken,
 		TokenType:    tok.Type(),
 		RefreshToken: tok.RefreshToken,
 		IDToken:      rawID,
-		Expiry:       tok.Expiry,
+		Expiry:       expiry,
 	}
 }
 
