@@ -198,3 +198,42 @@ func TestSchemaVersionCheck(t *testing.T) {
 		t.Errorf("serve on a newer store = %v, want a refusal", err)
 	}
 }
+
+// What a hostile client sends is bounded in Redis and in the logs: a 1 MB
+// User-Agent when opening a session, and a refused admin call with a
+// 512 KiB method.
+func TestHugeUserAgentAndMethodAreBounded(t *testing.T) {
+	s := newStack(t, stackOptions{})
+	b := s.start()
+	huge := strings.Repeat("A", 1<<20)
+	code, verifier := s.authorize("n")
+	res := doURL(t, http.MethodPost, b.base+"/v1/sessions", "", map[string]string{
+		"code": code, "code_verifier": verifier, "redirect_uri": redirectURI,
+	}, http.Header{"User-Agent": {huge}})
+	if res.status != http.StatusCreated {
+		t.Fatalf("POST /v1/sessions with a 1 MB User-Agent = %d %s, want 201", res.status, res.body)
+	}
+	var c created
+	res.decode(t, &c)
+	ua := s.redis.Client(t).HGet(context.Background(), "broker:session:{"+c.SessionID+"}", "ua").Val()
+	if len(ua) > 256 {
+		t.Errorf("stored user agent of %d bytes, want at most 256", len(ua))
+	}
+
+	method := strings.Repeat("M", 512<<10)
+	if res := doURL(t, method, b.admin+"/admin/v1/audit", "", nil, nil); res.status != http.StatusUnauthorized {
+		t.Fatalf("admin call with a 512 KiB method and no token = %d, want 401", res.status)
+	}
+	events, _ := s.audit(b, "5")
+	if len(events) == 0 || events[0].Action != "admin.denied" {
+		t.Fatalf("newest audit events = %+v, want admin.denied first", events)
+	}
+	if n := len(events[0].Detail); n > 512 || strings.Contains(events[0].Detail, "MMMM") {
+		t.Errorf("admin.denied detail of %d bytes holds the raw method", n)
+	}
+	for _, line := range strings.Split(s.allLogs(), "\n") {
+		if len(line) > 4096 {
+			t.Errorf("a log line of %d bytes: %.200s...", len(line), line)
+		}
+	}
+}
