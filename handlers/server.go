@@ -120,10 +120,13 @@ func errorRenderer(log *slog.Logger, rendered func(broker.Code)) echo.HTTPErrorH
 				err = broker.Errorf(broker.CodeInvalidRequest, "the request cannot be processed")
 			}
 		}
-		if broker.ErrorCode(err) == broker.CodeInternal {
+		// Only what is rendered as internal is logged as an error, so that
+		// the log and the response never disagree: errors the renderer
+		// knows by type (a 429's rateLimitedError) carry no broker code.
+		code := writeError(c.Response(), err)
+		if code == broker.CodeInternal {
 			log.ErrorContext(c.Request().Context(), "internal error", "method", methodLabel(c.Request().Method), "path", loggedPath(c.Request().URL.Path), "error", err)
 		}
-		code := writeError(c.Response(), err)
 		if rendered != nil {
 			rendered(code)
 		}

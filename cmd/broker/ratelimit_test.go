@@ -3,6 +3,7 @@ package main
 import (
 	"net/http"
 	"strconv"
+	"strings"
 	"testing"
 )
 
@@ -105,5 +106,28 @@ func TestRateLimitAdminRefusals(t *testing.T) {
 	res := doURL(t, http.MethodGet, b.admin+"/admin/v1/audit", "wrong-token-0123456789", nil, nil)
 	if res.status != http.StatusTooManyRequests {
 		t.Fatalf("3rd wrong admin token = %d, want 429", res.status)
+	}
+}
+
+// A 429 is the limit working, not a fault: it is counted, and logged by the
+// access log only, never as an error.
+func TestRateLimitedIsNotAnError(t *testing.T) {
+	s := newStack(t, stackOptions{env: map[string]string{"BROKER_RATE_LIMIT_EXCHANGE": "1/m", "BROKER_RATE_LIMIT_INVALID": "1/m"}})
+	b := s.start()
+	do(t, b, http.MethodPost, "/v1/sessions", "", `{}`)
+	if res := do(t, b, http.MethodPost, "/v1/sessions", "", `{}`); res.status != http.StatusTooManyRequests {
+		t.Fatalf("2nd exchange = %d, want 429", res.status)
+	}
+	do(t, b, http.MethodGet, "/api/x", "garbage", nil)
+	if res := do(t, b, http.MethodGet, "/api/x", "garbage", nil); res.status != http.StatusTooManyRequests {
+		t.Fatalf("2nd invalid handle = %d, want 429", res.status)
+	}
+	for _, line := range strings.Split(b.logs.String(), "\n") {
+		if strings.Contains(line, `"level":"ERROR"`) {
+			t.Errorf("a 429 was logged as an error: %s", line)
+		}
+	}
+	if !strings.Contains(b.logs.String(), `"status":429`) {
+		t.Errorf("the access log has no 429; the check above would be vacuous")
 	}
 }
