@@ -30,13 +30,16 @@ type Keyring struct {
 }
 
 // ParseKeyring parses "KEYID:BASE64,KEYID2:BASE64" where each BASE64 is 32
-// bytes in standard or URL base64, padded or not. Errors name the entry and
-// the problem but never quote key material, since they end up in logs.
+// bytes in standard or URL base64, padded or not. Errors name the entry by
+// its position and say what is wrong, but never quote the entry, not even
+// its key id: an entry written KEY:ID by mistake has the key where the id
+// belongs, and errors end up in logs.
 func ParseKeyring(spec string) (*Keyring, error) {
 	if strings.TrimSpace(spec) == "" {
 		return nil, errors.New("keyring: no keys given")
 	}
 	k := &Keyring{aeads: make(map[string]cipher.AEAD)}
+	positions := make(map[string]int)
 	for i, entry := range strings.Split(spec, ",") {
 		entry = strings.TrimSpace(entry)
 		if entry == "" {
@@ -58,19 +61,20 @@ func ParseKeyring(spec string) (*Keyring, error) {
 		case !printable(id):
 			return nil, fmt.Errorf("keyring: entry %d has a key id that is not printable ASCII", i+1)
 		}
-		if _, dup := k.aeads[id]; dup {
-			return nil, fmt.Errorf("keyring: key id %q appears more than once", id)
+		if first, dup := positions[id]; dup {
+			return nil, fmt.Errorf("keyring: entries %d and %d have the same key id", first, i+1)
 		}
+		positions[id] = i + 1
 		key, ok := decodeKey(strings.TrimSpace(encoded))
 		if !ok {
-			return nil, fmt.Errorf("keyring: key %q is not valid base64", id)
+			return nil, fmt.Errorf("keyring: the key of entry %d is not valid base64 (is the entry written KEYID:BASE64?)", i+1)
 		}
 		if len(key) != keySize {
-			return nil, fmt.Errorf("keyring: key %q is %d bytes, want %d", id, len(key), keySize)
+			return nil, fmt.Errorf("keyring: the key of entry %d is %d bytes, want %d", i+1, len(key), keySize)
 		}
 		aead, err := newAEAD(key)
 		if err != nil {
-			return nil, fmt.Errorf("keyring: key %q: %w", id, err)
+			return nil, fmt.Errorf("keyring: the key of entry %d: %w", i+1, err)
 		}
 		if k.primary == "" {
 			k.primary = id

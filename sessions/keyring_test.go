@@ -54,7 +54,7 @@ func TestParseKeyringRejects(t *testing.T) {
 		{"empty id", ":" + valid, "empty key id"},
 		{"empty key", "k1:", "0 bytes"},
 		{"empty entry", "k1:" + valid + ",", "entry 2 is empty"},
-		{"duplicate id", "k1:" + valid + ",k1:" + valid, "more than once"},
+		{"duplicate id", "k1:" + valid + ",k1:" + valid, "entries 1 and 2 have the same key id"},
 		{"colon in id", "k:1:" + valid, "cannot contain ':'"},
 		{"comma in id", "k,1:" + valid, "entry 1 is not KEYID:BASE64"},
 		{"space in id", "k 1:" + valid, "not printable"},
@@ -62,6 +62,10 @@ func TestParseKeyringRejects(t *testing.T) {
 		{"not base64", "k1:" + strings.Repeat("!", 44), "not valid base64"},
 		{"16-byte key", "k1:" + short, "16 bytes, want 32"},
 		{"33-byte key", "k1:" + long, "33 bytes, want 32"},
+		// KEY:ID instead of KEYID:KEY: the key stands where the id belongs
+		// and the id does not decode.
+		{"swapped", valid + ":k1", "the key of entry 1 is 1 bytes"},
+		{"swapped, second entry", "k1:" + valid + "," + short + ":k2", "the key of entry 2"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

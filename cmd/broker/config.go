@@ -4,9 +4,12 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
+	"io/fs"
+	"maps"
 	"net/netip"
 	"net/url"
 	"reflect"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -126,7 +129,7 @@ func envName(field string) string {
 
 // loadConfig reads and validates the configuration. It reports every
 // problem at once, one line each, naming the variable; values are never
-// echoed, since some are secrets.
+// echoed, since some are secrets (see withoutValues).
 func loadConfig(getenv func(string) string, requireKeys bool) (*config, error) {
 	environ := map[string]string{}
 	for _, name := range envNames() {
@@ -150,8 +153,10 @@ func loadConfig(getenv func(string) string, requireKeys bool) (*config, error) {
 	}
 	if cfg.RedisURL == "" {
 		problems = append(problems, "BROKER_REDIS_URL is required (use `broker dev` for an embedded development store)")
-	} else if _, err := sessions.NewClient(cfg.RedisURL); err != nil {
+	} else if rdb, err := sessions.NewClient(cfg.RedisURL); err != nil {
 		problems = append(problems, errRedisURL)
+	} else {
+		rdb.Close()
 	}
 	if requireKeys && cfg.EncryptionKeys.Keyring == nil && environ["BROKER_ENCRYPTION_KEYS"] == "" {
 		problems = append(problems, "BROKER_ENCRYPTION_KEYS is required: comma-separated KEYID:BASE64(32 bytes)")
@@ -178,14 +183,83 @@ func loadConfig(getenv func(string) string, requireKeys bool) (*config, error) {
 		problems = append(problems, "BROKER_TLS_CERT and BROKER_TLS_KEY must be set together (PEM files of the public listener's certificate chain and key) or not at all")
 	} else if cfg.TLSCert != "" {
 		if _, err := tls.LoadX509KeyPair(cfg.TLSCert, cfg.TLSKey); err != nil {
+			// A path error quotes the path: keep only what went wrong.
+			var pe *fs.PathError
+			if errors.As(err, &pe) {
+				err = fmt.Errorf("%s: %w", pe.Op, pe.Err)
+			}
 			problems = append(problems, "BROKER_TLS_CERT and BROKER_TLS_KEY do not hold a usable PEM certificate chain and matching key: "+err.Error())
 		}
 	}
 	problems = append(problems, cfg.checkTelemetry()...)
 	if len(problems) > 0 {
-		return nil, &configError{problems: problems}
+		return nil, &configError{problems: withoutValues(problems, slices.Collect(maps.Values(environ)))}
 	}
 	return &cfg, nil
+}
+
+// minEcho is the shortest run of a configured value that withoutValues
+// finds in a message. Shorter runs are mostly words any message may hold.
+const minEcho = 8
+
+// withoutValues replaces every run of at least minEcho bytes of a problem
+// that also occurs in one of the values (ASCII letters compared without
+// case) with "[redacted]". The parsers say what is wrong without quoting
+// what they were given; this is the backstop for those that do not, some of
+// which live in other packages: an entry such as "/api:http://u:pw@host",
+// written with ':' for '=', would otherwise be quoted with its password.
+func withoutValues(problems, values []string) []string {
+	out := make([]string, len(problems))
+	for i, p := range problems {
+		out[i] = withoutValue(p, values)
+	}
+	return out
+}
+
+func withoutValue(msg string, values []string) string {
+	lowerMsg := asciiLower(msg)
+	var cut []bool
+	for _, v := range values {
+		if len(v) < minEcho {
+			continue
+		}
+		lv := asciiLower(v)
+		for i := 0; i+minEcho <= len(lowerMsg); i++ {
+			if strings.Contains(lv, lowerMsg[i:i+minEcho]) {
+				if cut == nil {
+					cut = make([]bool, len(msg))
+				}
+				for j := i; j < i+minEcho; j++ {
+					cut[j] = true
+				}
+			}
+		}
+	}
+	if cut == nil {
+		return msg
+	}
+	var b strings.Builder
+	for i := 0; i < len(msg); i++ {
+		if !cut[i] {
+			b.WriteByte(msg[i])
+			continue
+		}
+		if i == 0 || !cut[i-1] {
+			b.WriteString("[redacted]")
+		}
+	}
+	return b.String()
+}
+
+// asciiLower lowers ASCII letters only, so that byte offsets stay those of s.
+func asciiLower(s string) string {
+	b := []byte(s)
+	for i, c := range b {
+		if 'A' <= c && c <= 'Z' {
+			b[i] = c + 'a' - 'A'
+		}
+	}
+	return string(b)
 }
 
 // errRedisURL says what BROKER_REDIS_URL may be; the URL itself is never
@@ -216,8 +290,8 @@ func keyringFromEnv(getenv func(string) string, why string) (keys *sessions.Keyr
 	}
 	keys, err := sessions.ParseKeyring(raw)
 	if err != nil {
-		// ParseKeyring never quotes key material.
-		return nil, "BROKER_ENCRYPTION_KEYS: " + err.Error()
+		// ParseKeyring never quotes an entry; withoutValue is the backstop.
+		return nil, withoutValue("BROKER_ENCRYPTION_KEYS: "+err.Error(), []string{raw})
 	}
 	return keys, ""
 }
@@ -269,7 +343,7 @@ type redirectURIs []string
 
 func (r *redirectURIs) UnmarshalText(b []byte) error {
 	var out []string
-	for _, raw := range strings.Split(string(b), ",") {
+	for i, raw := range strings.Split(string(b), ",") {
 		raw = strings.TrimSpace(raw)
 		if raw == "" {
 			continue
@@ -277,7 +351,7 @@ func (r *redirectURIs) UnmarshalText(b []byte) error {
 		u, err := url.Parse(raw)
 		if err != nil || u.Scheme == "" || u.Fragment != "" {
 			// RFC 6749 section 3.1.2: an absolute URI without fragment.
-			return fmt.Errorf("%q is not an absolute URI without fragment", raw)
+			return fmt.Errorf("entry %d is not an absolute URI without fragment", i+1)
 		}
 		out = append(out, raw)
 	}
@@ -293,10 +367,59 @@ type routes []handlers.Route
 func (r *routes) UnmarshalText(b []byte) error {
 	v, err := handlers.ParseRoutes(string(b))
 	if err != nil {
-		return err
+		return byEntry(string(b), err, func(entry string) error {
+			_, err := handlers.ParseRoutes(entry)
+			return err
+		})
 	}
 	*r = v
 	return nil
+}
+
+// byEntry names the bad entries of a comma-separated spec by position, as
+// parse finds each on its own, for parsers of other packages whose messages
+// quote the entry; err, the error of the whole spec, stands when no entry is
+// bad alone (a repeat). Quoted parts of the spec are taken out of the
+// messages.
+func byEntry(spec string, err error, parse func(entry string) error) error {
+	var errs []error
+	for i, entry := range strings.Split(spec, ",") {
+		if strings.TrimSpace(entry) == "" {
+			continue
+		}
+		if eerr := parse(entry); eerr != nil {
+			errs = append(errs, fmt.Errorf("entry %d: %s", i+1, withoutQuoted(eerr.Error(), entry)))
+		}
+	}
+	if len(errs) == 0 {
+		return errors.New(withoutQuoted(err.Error(), spec))
+	}
+	return errors.Join(errs...)
+}
+
+// withoutQuoted replaces each Go-quoted string of msg that quotes a part of
+// value longer than one byte with [redacted].
+func withoutQuoted(msg, value string) string {
+	var b strings.Builder
+	for {
+		i := strings.IndexByte(msg, '"')
+		if i < 0 {
+			b.WriteString(msg)
+			return b.String()
+		}
+		b.WriteString(msg[:i])
+		q, err := strconv.QuotedPrefix(msg[i:])
+		if err != nil {
+			b.WriteString(msg[i:])
+			return b.String()
+		}
+		if u, _ := strconv.Unquote(q); len(u) > 1 && strings.Contains(value, u) {
+			b.WriteString("[redacted]")
+		} else {
+			b.WriteString(q)
+		}
+		msg = msg[i+len(q):]
+	}
 }
 
 type trustedCIDRs []netip.Prefix
@@ -304,7 +427,10 @@ type trustedCIDRs []netip.Prefix
 func (t *trustedCIDRs) UnmarshalText(b []byte) error {
 	v, err := handlers.ParseTrustedProxies(string(b))
 	if err != nil {
-		return err
+		return byEntry(string(b), err, func(entry string) error {
+			_, err := handlers.ParseTrustedProxies(entry)
+			return err
+		})
 	}
 	*t = v
 	return nil

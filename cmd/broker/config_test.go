@@ -2,7 +2,9 @@ package main
 
 import (
 	"context"
+	"hash/fnv"
 	"io"
+	"slices"
 	"strings"
 	"testing"
 )
@@ -78,11 +80,78 @@ func TestLoadConfigErrors(t *testing.T) {
 				t.Errorf("error has %d problem lines, want %d:\n%s", lines, len(tt.want), msg)
 			}
 			for k, v := range tt.set {
-				if len(v) > 3 && strings.Contains(msg, v) && k == "BROKER_ENCRYPTION_KEYS" {
+				if len(v) >= minEcho && strings.Contains(msg, v) {
 					t.Errorf("error echoes the value of %s", k)
 				}
 			}
 		})
+	}
+}
+
+// secretish stands for a secret in the values below: no configuration
+// error may hold it, whatever the value around it.
+const secretish = "Zx9Qv7Kp2Lw4Rt8M"
+
+// Each variable's error path, given a value that holds a secret, names the
+// variable and never the secret.
+func TestLoadConfigNeverEchoesValues(t *testing.T) {
+	key := "k1:" + randomKey(t)
+	keyMaterial := strings.TrimPrefix(key, "k1:")
+	certFile, _, _ := selfSigned(t)
+	tests := []struct {
+		name, variable, value, secret string
+	}{
+		{"keys written KEY:ID", "BROKER_ENCRYPTION_KEYS", keyMaterial + ":k1", keyMaterial},
+		{"second key written KEY:ID", "BROKER_ENCRYPTION_KEYS", key + "," + keyMaterial + ":k2", keyMaterial},
+		{"a short key", "BROKER_ENCRYPTION_KEYS", secretish + ":c2hvcnQ=", secretish},
+		{"a key id twice", "BROKER_ENCRYPTION_KEYS", secretish + ":" + keyMaterial + "," + secretish + ":" + keyMaterial, secretish},
+		{"route with ':' for '='", "BROKER_ROUTES", "/api:http://svc:" + secretish + "@orders:8080", secretish},
+		{"second route with ':' for '='", "BROKER_ROUTES", "/a=http://a,/api:http://svc:" + secretish + "@orders:8080", secretish},
+		{"route with user info", "BROKER_ROUTES", "/api=http://svc:" + secretish + "@orders:8080", secretish},
+		{"route with a password holding '='", "BROKER_ROUTES", "/api:http://svc:" + secretish + "=x@orders:8080", secretish},
+		{"route prefix", "BROKER_ROUTES", "/" + secretish + "%=http://orders", secretish},
+		{"route twice", "BROKER_ROUTES", "/" + secretish + "=http://a,/" + secretish + "=http://b", secretish},
+		{"redis URL", "BROKER_REDIS_URL", "redis://svc:" + secretish + "@redis:port/0", secretish},
+		{"redis scheme", "BROKER_REDIS_URL", "redis-sentinel://svc:" + secretish + "@redis:6379", secretish},
+		{"admin token with a space", "BROKER_ADMIN_TOKENS", "ci:" + secretish + " x", secretish},
+		{"admin name empty", "BROKER_ADMIN_TOKENS", ":" + secretish, ""},
+		{"redirect URI", "BROKER_REDIRECT_URIS", "com.example.app:/cb," + secretish, secretish},
+		{"trusted proxy", "BROKER_TRUSTED_PROXIES", "10.0.0.0/8," + secretish, secretish},
+		{"issuer", "BROKER_OIDC_ISSUER", "ftp://" + secretish, secretish},
+		{"duration", "BROKER_SESSION_IDLE_TIMEOUT", secretish, secretish},
+		{"rate", "BROKER_RATE_LIMIT_EXCHANGE", "10/" + secretish, secretish},
+		{"TLS key path", "BROKER_TLS_KEY", "/nonexistent/" + secretish + ".pem", secretish},
+		{"OTLP endpoint", "OTEL_EXPORTER_OTLP_ENDPOINT", secretish + ":4318", secretish},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			env := validEnv()
+			env[tt.variable] = tt.value
+			if tt.variable == "BROKER_TLS_KEY" {
+				env["BROKER_TLS_CERT"] = certFile
+			}
+			_, err := loadConfig(func(k string) string { return env[k] }, true)
+			if err == nil {
+				t.Fatal("loadConfig = nil, want an error")
+			}
+			msg := err.Error()
+			if !strings.Contains(msg, tt.variable) {
+				t.Errorf("error %q does not name %s", msg, tt.variable)
+			}
+			if tt.secret != "" && strings.Contains(strings.ToLower(msg), strings.ToLower(tt.secret)) {
+				t.Errorf("error holds the secret of the value: %q", msg)
+			}
+			if strings.Contains(msg, tt.value) {
+				t.Errorf("error holds the value: %q", msg)
+			}
+		})
+	}
+	// The commands that read only the keys say the same.
+	for _, raw := range []string{keyMaterial + ":k1", key + "," + keyMaterial + ":k2"} {
+		_, problem := keyringFromEnv(func(string) string { return raw }, "test")
+		if problem == "" || strings.Contains(problem, keyMaterial) {
+			t.Errorf("keyringFromEnv(KEY:ID) = %q, want a problem without the key", problem)
+		}
 	}
 }
 
@@ -100,4 +169,34 @@ func TestRunUsage(t *testing.T) {
 			t.Errorf("run(%q) = nil, want a usage error", args)
 		}
 	}
+}
+
+// FuzzConfigErrors sets one variable to a value that holds a secret
+// anywhere, and checks that no configuration error holds the secret. The
+// variable is the one named, or one picked by the name's hash; the TLS
+// files are left out, since loadConfig reads them from disk.
+func FuzzConfigErrors(f *testing.F) {
+	var names []string
+	for _, n := range envNames() {
+		if n != "BROKER_TLS_CERT" && n != "BROKER_TLS_KEY" {
+			names = append(names, n)
+		}
+	}
+	f.Fuzz(func(t *testing.T, variable, before, after string) {
+		name := variable
+		if !slices.Contains(names, name) {
+			h := fnv.New32a()
+			h.Write([]byte(variable))
+			name = names[h.Sum32()%uint32(len(names))]
+		}
+		env := validEnv()
+		env[name] = before + secretish + after
+		_, err := loadConfig(func(k string) string { return env[k] }, true)
+		if err == nil {
+			return
+		}
+		if strings.Contains(strings.ToLower(err.Error()), strings.ToLower(secretish)) {
+			t.Fatalf("%s=%q: the error holds the secret: %v", name, env[name], err)
+		}
+	})
 }

@@ -143,7 +143,7 @@ func TestRekeyConfig(t *testing.T) {
 		want []string
 	}{
 		{"nothing", nil, []string{"BROKER_REDIS_URL is required", "BROKER_ENCRYPTION_KEYS is required"}},
-		{"bad keys", map[string]string{"BROKER_REDIS_URL": "redis://127.0.0.1:1", "BROKER_ENCRYPTION_KEYS": "k1:c2hvcnQ="}, []string{"BROKER_ENCRYPTION_KEYS: keyring: key \"k1\" is 5 bytes"}},
+		{"bad keys", map[string]string{"BROKER_REDIS_URL": "redis://127.0.0.1:1", "BROKER_ENCRYPTION_KEYS": "k1:c2hvcnQ="}, []string{"BROKER_ENCRYPTION_KEYS: keyring: the key of entry 1 is 5 bytes"}},
 		{"bad url", map[string]string{"BROKER_REDIS_URL": "http://x", "BROKER_ENCRYPTION_KEYS": "k1:" + randomKey(t)}, []string{"BROKER_REDIS_URL is not a valid"}},
 	}
 	for _, tt := range tests {
