@@ -69,7 +69,8 @@ func requestID(next echo.HandlerFunc) echo.HandlerFunc {
 // carries a request id gets a request_id attribute, and, when the context
 // carries a recorded trace span, trace_id and span_id. The broker package
 // logs with the request's context, so its lines carry them too without
-// knowing about HTTP.
+// knowing about HTTP. Every line also loses the secret of whatever
+// handle-shaped string it holds (see redactHandles), whoever logged it.
 func NewLogHandler(h slog.Handler) slog.Handler {
 	if _, ok := h.(*logHandler); ok {
 		return h
@@ -88,11 +89,11 @@ func (h *logHandler) Handle(ctx context.Context, r slog.Record) error {
 		r.AddAttrs(slog.String("request_id", id))
 	}
 	r.AddAttrs(traceAttrs(ctx)...)
-	return h.next.Handle(ctx, r)
+	return h.next.Handle(ctx, redactRecord(r))
 }
 
 func (h *logHandler) WithAttrs(attrs []slog.Attr) slog.Handler {
-	return &logHandler{next: h.next.WithAttrs(attrs)}
+	return &logHandler{next: h.next.WithAttrs(redactAttrs(attrs))}
 }
 
 func (h *logHandler) WithGroup(name string) slog.Handler {

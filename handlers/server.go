@@ -162,9 +162,11 @@ func (s *Server) accessLog(next echo.HandlerFunc) echo.HandlerFunc {
 // line may be as long as the header limit.
 const maxLoggedPath = 256
 
-// loggedPath is a request path as logs keep it: at most maxLoggedPath bytes,
-// marked when cut.
+// loggedPath is a request path as logs keep it: without the secret of a
+// handle pasted into it (see redactHandles), and at most maxLoggedPath
+// bytes, marked when cut.
 func loggedPath(p string) string {
+	p = redactHandles(p)
 	if len(p) <= maxLoggedPath {
 		return p
 	}

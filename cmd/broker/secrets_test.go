@@ -107,3 +107,46 @@ func dumpRedis(t *testing.T, s *stack) string {
 	}
 	return b.String()
 }
+
+// A handle sent where it does not belong (an operator pasting it where a
+// session id or subject is expected, an app sending it in a path or as its
+// request id) leaves no secret in any log line.
+func TestHandleOutOfPlaceIsNotLogged(t *testing.T) {
+	s := newStack(t, stackOptions{})
+	b := s.start()
+	c := s.login(b)
+	_, secret, _ := strings.Cut(c.Session, ".")
+
+	for _, req := range []struct{ method, path string }{
+		{http.MethodGet, "/admin/v1/sessions/" + c.Session},
+		{http.MethodDelete, "/admin/v1/sessions/" + c.Session},
+		{http.MethodGet, "/admin/v1/users/" + c.Session + "/sessions"},
+		{http.MethodDelete, "/admin/v1/users/" + c.Session + "/sessions"},
+		{http.MethodGet, "/admin/v1/nothing/" + c.Session},
+	} {
+		res := s.admin(b, req.method, req.path)
+		if res.status >= 500 {
+			t.Errorf("%s %s = %d, want a 2xx or 4xx", req.method, req.path, res.status)
+		}
+	}
+	doURL(t, http.MethodGet, b.admin+"/admin/v1/sessions/"+c.Session, "wrong-token", nil, nil)
+	do(t, b, http.MethodGet, "/api/"+c.Session, c.Session, nil)
+	do(t, b, http.MethodGet, "/nothing/"+c.Session, "", nil)
+	doURL(t, http.MethodGet, b.base+"/v1/session", c.Session, nil, http.Header{"X-Request-Id": {c.Session}})
+
+	logs := b.logs.String()
+	if strings.Contains(logs, secret) {
+		for _, line := range strings.Split(logs, "\n") {
+			if strings.Contains(line, secret) {
+				t.Errorf("a log line holds the handle's secret: %s", line)
+			}
+		}
+	}
+	if !strings.Contains(logs, "/admin/v1/sessions/"+c.SessionID+".[redacted]") {
+		t.Errorf("the access log does not show the admin path with the secret redacted; the check above may be vacuous")
+	}
+	// The session is still the user's: nothing above ended it.
+	if res := do(t, b, http.MethodGet, "/v1/session", c.Session, nil); res.status != http.StatusOK {
+		t.Errorf("GET /v1/session = %d, want 200", res.status)
+	}
+}
