@@ -32,7 +32,7 @@ func (s *Server) limit(c echo.Context, key string, rate Rate) error {
 		return nil
 	}
 	r := c.Request()
-	ok, retry, err := s.cfg.RateLimiter.Allow(r.Context(), key+":"+clientIP(r, s.cfg.TrustedProxies), rate.N, rate.Per)
+	ok, retry, err := s.cfg.RateLimiter.Allow(r.Context(), key+":"+clientKey(r, s.cfg.TrustedProxies, s.cfg.ClientIPv6Prefix), rate.N, rate.Per)
 	if err != nil {
 		s.log.WarnContext(r.Context(), "rate limiter unavailable, letting the request through", "limit", key, "error", err)
 		return nil

@@ -32,6 +32,10 @@ type Config struct {
 	RateLimiter       RateLimiter
 	ExchangeRate      Rate
 	InvalidHandleRate Rate
+	// ClientIPv6Prefix is how many leading bits of an IPv6 client address
+	// share one budget; zero means DefaultIPv6Prefix. IPv4 clients are
+	// counted per address.
+	ClientIPv6Prefix int
 	// Ping reports whether the session store answers, for /readyz.
 	Ping func(context.Context) error
 	// AdminTokens are the bearer tokens of the admin API; none closes it.
@@ -62,6 +66,12 @@ type Server struct {
 func New(cfg Config) (*Server, error) {
 	if cfg.Service == nil || cfg.Proxy == nil || cfg.Ping == nil {
 		return nil, errors.New("handlers: service, proxy and ping are required")
+	}
+	if cfg.ClientIPv6Prefix < 0 || cfg.ClientIPv6Prefix > 128 {
+		return nil, errors.New("handlers: the client IPv6 prefix must be from 0 (the default) to 128 bits")
+	}
+	if cfg.ClientIPv6Prefix == 0 {
+		cfg.ClientIPv6Prefix = DefaultIPv6Prefix
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()

@@ -40,6 +40,10 @@ type config struct {
 	TrustedProxies  trustedCIDRs `env:"BROKER_TRUSTED_PROXIES"`
 	RateExchange    rateLimit    `env:"BROKER_RATE_LIMIT_EXCHANGE" envDefault:"10/s"`
 	RateInvalid     rateLimit    `env:"BROKER_RATE_LIMIT_INVALID" envDefault:"20/s"`
+	// ClientIPv6Prefix is how many bits of an IPv6 client address name one
+	// client, for the rate limits and the per-client connection cap; unset
+	// means handlers.DefaultIPv6Prefix.
+	ClientIPv6Prefix prefixLength `env:"BROKER_RATE_LIMIT_IPV6_PREFIX"`
 	// TLSCert and TLSKey, both or neither, serve the public listener over
 	// TLS (HTTP/2 by ALPN) from PEM files.
 	TLSCert string `env:"BROKER_TLS_CERT"`
@@ -483,5 +487,18 @@ func (r *rateLimit) UnmarshalText(b []byte) error {
 	default:
 		return errors.New(`must be N/s, N/m or 0, for example "10/s"`)
 	}
+	return nil
+}
+
+// prefixLength is the length of an IPv6 prefix, from 32 to 128 bits, with
+// or without a leading "/".
+type prefixLength int
+
+func (p *prefixLength) UnmarshalText(b []byte) error {
+	v, err := strconv.Atoi(strings.TrimPrefix(strings.TrimSpace(string(b)), "/"))
+	if err != nil || v < 32 || v > 128 {
+		return errors.New("must be a prefix length from 32 to 128 bits, such as 64 or /56")
+	}
+	*p = prefixLength(v)
 	return nil
 }

@@ -59,6 +59,7 @@ func TestLoadConfigErrors(t *testing.T) {
 		{"bad redis", map[string]string{"BROKER_REDIS_URL": "postgres://x"}, []string{"BROKER_REDIS_URL"}},
 		{"bad proxies", map[string]string{"BROKER_TRUSTED_PROXIES": "10.0.0.0/99"}, []string{"BROKER_TRUSTED_PROXIES"}},
 		{"bad rate", map[string]string{"BROKER_RATE_LIMIT_EXCHANGE": "10/h", "BROKER_RATE_LIMIT_INVALID": "x"}, []string{"BROKER_RATE_LIMIT_EXCHANGE", "BROKER_RATE_LIMIT_INVALID"}},
+		{"bad IPv6 prefix", map[string]string{"BROKER_RATE_LIMIT_IPV6_PREFIX": "/16"}, []string{"BROKER_RATE_LIMIT_IPV6_PREFIX"}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -120,6 +121,7 @@ func TestLoadConfigNeverEchoesValues(t *testing.T) {
 		{"issuer", "BROKER_OIDC_ISSUER", "ftp://" + secretish, secretish},
 		{"duration", "BROKER_SESSION_IDLE_TIMEOUT", secretish, secretish},
 		{"rate", "BROKER_RATE_LIMIT_EXCHANGE", "10/" + secretish, secretish},
+		{"IPv6 prefix", "BROKER_RATE_LIMIT_IPV6_PREFIX", "/" + secretish, secretish},
 		{"TLS key path", "BROKER_TLS_KEY", "/nonexistent/" + secretish + ".pem", secretish},
 		{"OTLP endpoint", "OTEL_EXPORTER_OTLP_ENDPOINT", secretish + ":4318", secretish},
 	}

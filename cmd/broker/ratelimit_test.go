@@ -131,3 +131,43 @@ func TestRateLimitedIsNotAnError(t *testing.T) {
 		t.Errorf("the access log has no 429; the check above would be vacuous")
 	}
 }
+
+// IPv6 clients share a budget per /64 by default (one host's usual
+// allocation), per BROKER_RATE_LIMIT_IPV6_PREFIX otherwise; an IPv4-mapped
+// address is its IPv4 address. The addresses come through X-Forwarded-For
+// from a trusted proxy, as behind a load balancer.
+func TestRateLimitIPv6Prefix(t *testing.T) {
+	s := newStack(t, stackOptions{env: map[string]string{
+		"BROKER_RATE_LIMIT_EXCHANGE": "1/m",
+		"BROKER_TRUSTED_PROXIES":     "127.0.0.0/8",
+	}})
+	b64 := s.start()
+	b48, err := s.tryStart(map[string]string{"BROKER_RATE_LIMIT_IPV6_PREFIX": "/48"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	send := func(b *instance, client string) int {
+		t.Helper()
+		return doURL(t, http.MethodPost, b.base+"/v1/sessions", "", `{}`, http.Header{"X-Forwarded-For": {client}}).status
+	}
+	for _, tt := range []struct {
+		b      *instance
+		client string
+		want   int
+	}{
+		{b64, "2001:db8:1:2::1", http.StatusBadRequest},
+		{b64, "2001:db8:1:2:ffff:ffff:ffff:ffff", http.StatusTooManyRequests}, // the same /64
+		{b64, "2001:db8:1:3::1", http.StatusBadRequest},                       // another /64
+		{b64, "198.51.100.7", http.StatusBadRequest},
+		{b64, "::ffff:198.51.100.7", http.StatusTooManyRequests}, // the same IPv4 client
+		{b64, "198.51.100.8", http.StatusBadRequest},
+		// The brokers share Redis: the /48 one is sent other addresses.
+		{b48, "2001:db8:5:1::1", http.StatusBadRequest},
+		{b48, "2001:db8:5:2::1", http.StatusTooManyRequests}, // the same /48
+		{b48, "2001:db8:6:1::1", http.StatusBadRequest},
+	} {
+		if got := send(tt.b, tt.client); got != tt.want {
+			t.Errorf("POST /v1/sessions from %s = %d, want %d", tt.client, got, tt.want)
+		}
+	}
+}
