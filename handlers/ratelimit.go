@@ -53,6 +53,19 @@ func (s *Server) limitExchange(next echo.HandlerFunc) echo.HandlerFunc {
 	}
 }
 
+// limitBackchannel caps POST /v1/backchannel-logout per client IP, before
+// the body is read: every logout token costs a signature check, and one
+// with a key id the broker does not know a fetch of the IdP's key set,
+// which hosted IdPs throttle.
+func (s *Server) limitBackchannel(next echo.HandlerFunc) echo.HandlerFunc {
+	return func(c echo.Context) error {
+		if err := s.limit(c, "backchannel", s.cfg.BackchannelRate); err != nil {
+			return err
+		}
+		return next(c)
+	}
+}
+
 // limitInvalidHandles counts requests whose handle turned out unknown, ended
 // or malformed, per client IP, and answers 429 instead of 401 once a client
 // is over budget. Requests with a live handle never touch the limiter, so

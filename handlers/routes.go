@@ -12,7 +12,7 @@ func (s *Server) routes() {
 	v1.GET("/session", s.getSession, s.limitInvalidHandles)
 	v1.DELETE("/session", s.deleteSession)
 	v1.GET("/userinfo", s.userInfo, s.limitInvalidHandles)
-	v1.POST("/backchannel-logout", s.backchannelLogout)
+	v1.POST("/backchannel-logout", s.backchannelLogout, s.limitBackchannel)
 
 	for _, r := range s.cfg.Proxy.Routes() {
 		pub.Any(r.Prefix, s.cfg.Proxy.Handler, s.limitInvalidHandles)

@@ -26,12 +26,13 @@ type Config struct {
 	Service        *broker.Service
 	Proxy          *Proxy
 	TrustedProxies []netip.Prefix
-	// RateLimiter, when set, enforces ExchangeRate on POST /v1/sessions and
-	// InvalidHandleRate on requests with an unknown or ended handle, per
-	// client IP.
+	// RateLimiter, when set, enforces ExchangeRate on POST /v1/sessions,
+	// InvalidHandleRate on requests with an unknown or ended handle and
+	// BackchannelRate on POST /v1/backchannel-logout, per client IP.
 	RateLimiter       RateLimiter
 	ExchangeRate      Rate
 	InvalidHandleRate Rate
+	BackchannelRate   Rate
 	// ClientIPv6Prefix is how many leading bits of an IPv6 client address
 	// share one budget; zero means DefaultIPv6Prefix. IPv4 clients are
 	// counted per address.

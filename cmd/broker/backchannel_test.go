@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"net/http"
 	"net/url"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -271,4 +272,47 @@ func TestBackchannelLogoutRejects(t *testing.T) {
 		}
 	})
 	wantStatus(t, []*instance{b1, b2}, "/v1/session", canary.Session, http.StatusOK)
+}
+
+// The back-channel endpoint has a budget per client address of its own:
+// past it, even a valid logout token is refused with 429 before it is
+// read, and another address is still served.
+func TestBackchannelRateLimit(t *testing.T) {
+	s := newStack(t, stackOptions{env: map[string]string{"BROKER_RATE_LIMIT_BACKCHANNEL": "3/m"}})
+	b := s.start()
+	c := s.login(b)
+	// Spending the budget of bad handles or exchanges leaves this one whole.
+	for range 3 {
+		do(t, b, http.MethodGet, "/v1/session", "garbage", nil)
+	}
+	for i := range 3 {
+		if res := postLogout(t, b, logoutForm("not-a-jwt")); res.status != http.StatusBadRequest {
+			t.Fatalf("bad logout token %d = %d %s, want 400", i, res.status, res.body)
+		}
+	}
+	valid := logoutForm(s.signed(t, s.logoutClaims(sidOf(t, c), "")))
+	res := postLogout(t, b, valid)
+	if res.status != http.StatusTooManyRequests || res.errorCode(t) != "rate_limited" {
+		t.Fatalf("4th logout token = %d %s, want 429 rate_limited", res.status, res.body)
+	}
+	if ra, err := strconv.Atoi(res.header.Get("Retry-After")); err != nil || ra < 1 || ra > 60 {
+		t.Errorf("Retry-After = %q, want 1..60 seconds", res.header.Get("Retry-After"))
+	}
+	wantStatus(t, []*instance{b}, "/v1/session", c.Session, http.StatusOK)
+
+	// The IdP posting from another address has its own budget.
+	req, err := http.NewRequest(http.MethodPost, b.base+"/v1/backchannel-logout", strings.NewReader(valid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+	resp, err := clientFrom(t, "127.0.0.2").Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("logout token from another address = %d, want 200", resp.StatusCode)
+	}
+	wantStatus(t, []*instance{b}, "/v1/session", c.Session, http.StatusUnauthorized)
 }

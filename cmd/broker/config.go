@@ -40,6 +40,7 @@ type config struct {
 	TrustedProxies  trustedCIDRs `env:"BROKER_TRUSTED_PROXIES"`
 	RateExchange    rateLimit    `env:"BROKER_RATE_LIMIT_EXCHANGE" envDefault:"10/s"`
 	RateInvalid     rateLimit    `env:"BROKER_RATE_LIMIT_INVALID" envDefault:"20/s"`
+	RateBackchannel rateLimit    `env:"BROKER_RATE_LIMIT_BACKCHANNEL" envDefault:"50/s"`
 	// ClientIPv6Prefix is how many bits of an IPv6 client address name one
 	// client, for the rate limits and the per-client connection cap; unset
 	// means handlers.DefaultIPv6Prefix.

@@ -32,8 +32,8 @@ func TestLoadConfigDefaults(t *testing.T) {
 	if cfg.IdleTimeout.String() != "720h0m0s" || cfg.MaxLifetime.String() != "2160h0m0s" || cfg.RefreshSkew.String() != "10s" || cfg.UpstreamTimeout.String() != "30s" {
 		t.Errorf("durations = %v %v %v %v, want 720h 2160h 10s 30s", cfg.IdleTimeout, cfg.MaxLifetime, cfg.RefreshSkew, cfg.UpstreamTimeout)
 	}
-	if cfg.RateExchange != (rateLimit{N: 10, Per: 1e9}) || cfg.RateInvalid != (rateLimit{N: 20, Per: 1e9}) {
-		t.Errorf("rate limits = %+v %+v, want 10/s and 20/s", cfg.RateExchange, cfg.RateInvalid)
+	if cfg.RateExchange != (rateLimit{N: 10, Per: 1e9}) || cfg.RateInvalid != (rateLimit{N: 20, Per: 1e9}) || cfg.RateBackchannel != (rateLimit{N: 50, Per: 1e9}) {
+		t.Errorf("rate limits = %+v %+v %+v, want 10/s, 20/s and 50/s", cfg.RateExchange, cfg.RateInvalid, cfg.RateBackchannel)
 	}
 	if len(cfg.Routes) != 1 || cfg.Routes[0].Prefix != "/api" {
 		t.Errorf("routes = %+v", cfg.Routes)
@@ -58,7 +58,7 @@ func TestLoadConfigErrors(t *testing.T) {
 		{"bad issuer", map[string]string{"BROKER_OIDC_ISSUER": "ftp://x"}, []string{"BROKER_OIDC_ISSUER"}},
 		{"bad redis", map[string]string{"BROKER_REDIS_URL": "postgres://x"}, []string{"BROKER_REDIS_URL"}},
 		{"bad proxies", map[string]string{"BROKER_TRUSTED_PROXIES": "10.0.0.0/99"}, []string{"BROKER_TRUSTED_PROXIES"}},
-		{"bad rate", map[string]string{"BROKER_RATE_LIMIT_EXCHANGE": "10/h", "BROKER_RATE_LIMIT_INVALID": "x"}, []string{"BROKER_RATE_LIMIT_EXCHANGE", "BROKER_RATE_LIMIT_INVALID"}},
+		{"bad rate", map[string]string{"BROKER_RATE_LIMIT_EXCHANGE": "10/h", "BROKER_RATE_LIMIT_INVALID": "x", "BROKER_RATE_LIMIT_BACKCHANNEL": "-1/s"}, []string{"BROKER_RATE_LIMIT_EXCHANGE", "BROKER_RATE_LIMIT_INVALID", "BROKER_RATE_LIMIT_BACKCHANNEL"}},
 		{"bad IPv6 prefix", map[string]string{"BROKER_RATE_LIMIT_IPV6_PREFIX": "/16"}, []string{"BROKER_RATE_LIMIT_IPV6_PREFIX"}},
 	}
 	for _, tt := range tests {

@@ -133,8 +133,9 @@ func newStack(t testing.TB, opts stackOptions) *stack {
 		"BROKER_ENCRYPTION_KEYS":    "k1:" + randomKey(t),
 		"BROKER_ADMIN_TOKENS":       "secops:" + randomKey(t),
 		// Tests fire bursts from one IP; the rate limit tests set their own.
-		"BROKER_RATE_LIMIT_EXCHANGE": "1000/s",
-		"BROKER_RATE_LIMIT_INVALID":  "1000/s",
+		"BROKER_RATE_LIMIT_EXCHANGE":    "1000/s",
+		"BROKER_RATE_LIMIT_INVALID":     "1000/s",
+		"BROKER_RATE_LIMIT_BACKCHANNEL": "1000/s",
 	}
 	maps.Copy(env, opts.env)
 	return &stack{t: t, redis: rs, idp: idp, upstream: up, clock: &testClock{}, env: env}

@@ -163,6 +163,7 @@ func runBroker(ctx context.Context, cfg *config, rdb redis.UniversalClient, keys
 		RateLimiter:       sessions.NewRateLimiter(rdb),
 		ExchangeRate:      handlers.Rate(cfg.RateExchange),
 		InvalidHandleRate: handlers.Rate(cfg.RateInvalid),
+		BackchannelRate:   handlers.Rate(cfg.RateBackchannel),
 		ClientIPv6Prefix:  int(cfg.ClientIPv6Prefix),
 		Ping:              store.Ping,
 		AdminTokens:       cfg.AdminTokens,
