@@ -31,6 +31,7 @@ type Metrics struct {
 	revocations *prometheus.CounterVec
 	errors      map[broker.Code]prometheus.Counter
 	errorsVec   *prometheus.CounterVec
+	refusedVec  *prometheus.CounterVec
 
 	// series caches the labelled request counter and histogram of each
 	// listener, route, method and status met, so that a request costs a
@@ -100,12 +101,20 @@ func NewMetrics() *Metrics {
 			Help: "Error responses rendered, by contract error code.",
 		}, []string{"code"}),
 		errors: make(map[broker.Code]prometheus.Counter, len(errorCodes)),
+		refusedVec: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "broker_connections_refused_total",
+			Help: "Connections closed as soon as accepted, by listener and the cap that was reached: max_connections or max_connections_per_client.",
+		}, []string{"listener", "reason"}),
 	}
 	reg.MustRegister(
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
-		m.requests, m.durations, m.exchanges, m.refreshes, m.revocations, m.errorsVec,
+		m.requests, m.durations, m.exchanges, m.refreshes, m.revocations, m.errorsVec, m.refusedVec,
 	)
+	// The admin listener has no per-client cap.
+	m.refusedVec.WithLabelValues("public", refusedMax)
+	m.refusedVec.WithLabelValues("public", refusedPerClient)
+	m.refusedVec.WithLabelValues("admin", refusedMax)
 	for _, o := range exchangeOutcomes {
 		m.exchanges.WithLabelValues(o)
 	}
@@ -143,6 +152,11 @@ func (m *Metrics) errorRendered(code broker.Code) {
 		return
 	}
 	m.errorsVec.WithLabelValues(string(code)).Inc()
+}
+
+// connectionRefused counts a connection refused at a cap.
+func (m *Metrics) connectionRefused(listener, reason string) {
+	m.refusedVec.WithLabelValues(listener, reason).Inc()
 }
 
 // handler serves the registry in the Prometheus text format.

@@ -45,6 +45,11 @@ type config struct {
 	// client, for the rate limits and the per-client connection cap; unset
 	// means handlers.DefaultIPv6Prefix.
 	ClientIPv6Prefix prefixLength `env:"BROKER_RATE_LIMIT_IPV6_PREFIX"`
+	// MaxConnections and MaxConnectionsPerClient cap the public listener's
+	// open connections; unset means handlers.DefaultMaxConnections and
+	// handlers.DefaultMaxConnectionsPerClient.
+	MaxConnections          count `env:"BROKER_MAX_CONNECTIONS"`
+	MaxConnectionsPerClient count `env:"BROKER_MAX_CONNECTIONS_PER_CLIENT"`
 	// TLSCert and TLSKey, both or neither, serve the public listener over
 	// TLS (HTTP/2 by ALPN) from PEM files.
 	TLSCert string `env:"BROKER_TLS_CERT"`
@@ -488,6 +493,18 @@ func (r *rateLimit) UnmarshalText(b []byte) error {
 	default:
 		return errors.New(`must be N/s, N/m or 0, for example "10/s"`)
 	}
+	return nil
+}
+
+// count is a whole number of at least 1.
+type count int
+
+func (c *count) UnmarshalText(b []byte) error {
+	v, err := strconv.Atoi(strings.TrimSpace(string(b)))
+	if err != nil || v < 1 {
+		return errors.New("must be a whole number of at least 1")
+	}
+	*c = count(v)
 	return nil
 }
 

@@ -60,6 +60,7 @@ func TestLoadConfigErrors(t *testing.T) {
 		{"bad proxies", map[string]string{"BROKER_TRUSTED_PROXIES": "10.0.0.0/99"}, []string{"BROKER_TRUSTED_PROXIES"}},
 		{"bad rate", map[string]string{"BROKER_RATE_LIMIT_EXCHANGE": "10/h", "BROKER_RATE_LIMIT_INVALID": "x", "BROKER_RATE_LIMIT_BACKCHANNEL": "-1/s"}, []string{"BROKER_RATE_LIMIT_EXCHANGE", "BROKER_RATE_LIMIT_INVALID", "BROKER_RATE_LIMIT_BACKCHANNEL"}},
 		{"bad IPv6 prefix", map[string]string{"BROKER_RATE_LIMIT_IPV6_PREFIX": "/16"}, []string{"BROKER_RATE_LIMIT_IPV6_PREFIX"}},
+		{"bad connection caps", map[string]string{"BROKER_MAX_CONNECTIONS": "0", "BROKER_MAX_CONNECTIONS_PER_CLIENT": "many"}, []string{"BROKER_MAX_CONNECTIONS", "BROKER_MAX_CONNECTIONS_PER_CLIENT"}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -122,6 +123,8 @@ func TestLoadConfigNeverEchoesValues(t *testing.T) {
 		{"duration", "BROKER_SESSION_IDLE_TIMEOUT", secretish, secretish},
 		{"rate", "BROKER_RATE_LIMIT_EXCHANGE", "10/" + secretish, secretish},
 		{"IPv6 prefix", "BROKER_RATE_LIMIT_IPV6_PREFIX", "/" + secretish, secretish},
+		{"connection cap", "BROKER_MAX_CONNECTIONS", "1" + secretish, secretish},
+		{"connection cap per client", "BROKER_MAX_CONNECTIONS_PER_CLIENT", secretish, secretish},
 		{"TLS key path", "BROKER_TLS_KEY", "/nonexistent/" + secretish + ".pem", secretish},
 		{"OTLP endpoint", "OTEL_EXPORTER_OTLP_ENDPOINT", secretish + ":4318", secretish},
 	}

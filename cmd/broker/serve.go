@@ -1,6 +1,7 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"crypto/tls"
 	"errors"
@@ -26,6 +27,11 @@ import (
 
 // shutdownGrace is how long requests in flight may take after SIGTERM.
 const shutdownGrace = 30 * time.Second
+
+// upstreamConns is room for the file descriptors the broker holds besides
+// its listeners' connections: the upstream transport's idle connections
+// (up to 1024) and those in use, Redis, the IdP, logs.
+const upstreamConns = 2048
 
 // hooks let tests observe and steer a broker run; production passes nil.
 type hooks struct {
@@ -194,6 +200,18 @@ func runBroker(ctx context.Context, cfg *config, rdb redis.UniversalClient, keys
 		public.Close()
 		return fmt.Errorf("BROKER_ADMIN_LISTEN: %w", err)
 	}
+	maxConns := cmp.Or(int(cfg.MaxConnections), handlers.DefaultMaxConnections)
+	public = handlers.LimitListener(public, handlers.ConnLimits{
+		Name:       "public",
+		Max:        maxConns,
+		PerClient:  cmp.Or(int(cfg.MaxConnectionsPerClient), handlers.DefaultMaxConnectionsPerClient),
+		IPv6Prefix: int(cfg.ClientIPv6Prefix),
+		Exempt:     cfg.TrustedProxies,
+		Metrics:    metrics,
+		Logger:     log,
+	})
+	admin = handlers.LimitListener(admin, handlers.ConnLimits{Name: "admin", Max: handlers.AdminMaxConnections, Metrics: metrics, Logger: log})
+	warnFileLimit(log, maxConns+handlers.AdminMaxConnections+upstreamConns)
 	if h.listening != nil {
 		h.listening(public.Addr().String(), admin.Addr().String())
 	}
