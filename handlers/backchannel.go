@@ -30,6 +30,9 @@ func (s *Server) backchannelLogout(c echo.Context) error {
 		if errors.As(err, &mbe) {
 			return errBodyTooLarge
 		}
+		if isBodyTimeout(err) {
+			return errBodyTimeout
+		}
 		return broker.Errorf(broker.CodeInvalidRequest, "the body is not a valid form")
 	}
 	// Only the body counts: a token in the query would have passed through

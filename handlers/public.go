@@ -42,6 +42,9 @@ func decodeJSON(r *http.Request, v any) error {
 		if errors.As(err, &mbe) {
 			return errBodyTooLarge
 		}
+		if isBodyTimeout(err) {
+			return errBodyTimeout
+		}
 		if errors.Is(err, io.EOF) {
 			return broker.Errorf(broker.CodeInvalidRequest, "the body is empty")
 		}

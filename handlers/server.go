@@ -33,6 +33,9 @@ type Config struct {
 	ExchangeRate      Rate
 	InvalidHandleRate Rate
 	BackchannelRate   Rate
+	// Bodies bound the time request bodies may take; zero fields take the
+	// defaults of BodyLimits.
+	Bodies BodyLimits
 	// ClientIPv6Prefix is how many leading bits of an IPv6 client address
 	// share one budget; zero means DefaultIPv6Prefix. IPv4 clients are
 	// counted per address.
@@ -74,6 +77,7 @@ func New(cfg Config) (*Server, error) {
 	if cfg.ClientIPv6Prefix == 0 {
 		cfg.ClientIPv6Prefix = DefaultIPv6Prefix
 	}
+	cfg.Bodies = cfg.Bodies.withDefaults()
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
@@ -89,11 +93,12 @@ func New(cfg Config) (*Server, error) {
 }
 
 // middleware returns the middleware every request of a listener passes
-// through, outermost first: the request id comes first so that every later
-// log line and span carries it, and the access log last so that the status
-// it reads is final.
+// through, outermost first: the body's deadline first, so that it holds
+// until net/http has read what the handlers left of the body; then the
+// request id, so that every later log line and span carries it; and the
+// access log last, so that the status it reads is final.
 func (s *Server) middleware(listener string) []echo.MiddlewareFunc {
-	mw := []echo.MiddlewareFunc{requestID}
+	mw := []echo.MiddlewareFunc{s.bodyDeadline, requestID}
 	if tp := s.cfg.TracerProvider; tp != nil {
 		mw = append(mw, tracing(tp.Tracer(instrumentationName), listener))
 	}

@@ -1,14 +1,24 @@
 package main
 
 import (
+	"bufio"
+	"bytes"
 	"context"
+	"crypto/tls"
+	"encoding/json"
 	"errors"
+	"io"
 	"net"
 	"net/http"
 	"strings"
 	"syscall"
 	"testing"
 	"time"
+
+	"golang.org/x/net/http2"
+	"golang.org/x/net/http2/hpack"
+
+	"github.com/mobile-token-broker/broker/handlers"
 )
 
 // clientFrom returns an HTTP client whose connections come from the
@@ -153,4 +163,229 @@ func TestConnectionCapOverall(t *testing.T) {
 		st, err := getFrom(t, "127.0.0.2", b.base+"/v1/session")
 		return err == nil && st == http.StatusUnauthorized
 	})
+}
+
+// stalledBody sends head (a request's line and headers, which declare a
+// body) to addr and then nothing, and returns the status the broker
+// answered with (0 if it closed the connection without one) and how long it
+// held on. It fails the test if the broker holds on for 10 s.
+func stalledBody(t *testing.T, addr, head string) (int, time.Duration) {
+	t.Helper()
+	c, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	start := time.Now()
+	if _, err := io.WriteString(c, head); err != nil {
+		t.Fatal(err)
+	}
+	_ = c.SetReadDeadline(start.Add(10 * time.Second))
+	resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+	var ne net.Error
+	if errors.As(err, &ne) && ne.Timeout() {
+		t.Fatalf("%q: the broker still waits for the body after 10s", strings.SplitN(head, "\r\n", 2)[0])
+	}
+	if err != nil {
+		return 0, time.Since(start)
+	}
+	resp.Body.Close()
+	return resp.StatusCode, time.Since(start)
+}
+
+// tightBodies are body limits short enough for tests.
+var tightBodies = handlers.BodyLimits{Timeout: time.Second, UploadWindow: time.Second, UploadMinBytes: 1 << 10}
+
+// A body that is declared and never sent is cut off: on the broker's own
+// routes (and the admin listener's, and on no route at all) once the body
+// deadline passes, on the proxy's once nothing has come for the upload
+// window.
+func TestStalledBodiesAreCutOff(t *testing.T) {
+	s := newStack(t, stackOptions{bodies: tightBodies})
+	b := s.start()
+	c := s.login(b)
+	public, admin := hostOf(b.base), hostOf(b.admin)
+	for _, tt := range []struct {
+		name, addr, head string
+		want             int // 0: any answer, or none
+	}{
+		{"exchange", public, "POST /v1/sessions HTTP/1.1\r\nHost: b\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n", http.StatusBadRequest},
+		{"back-channel logout", public, "POST /v1/backchannel-logout HTTP/1.1\r\nHost: b\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: 100\r\n\r\n", http.StatusBadRequest},
+		{"no route", public, "POST /nothing HTTP/1.1\r\nHost: b\r\nContent-Length: 100\r\n\r\n", 0},
+		{"chunked, no route", public, "POST /nothing HTTP/1.1\r\nHost: b\r\nTransfer-Encoding: chunked\r\n\r\n", 0},
+		{"admin probe", admin, "POST /healthz HTTP/1.1\r\nHost: b\r\nContent-Length: 100\r\n\r\n", 0},
+		{"admin API without a token", admin, "DELETE /admin/v1/sessions/x HTTP/1.1\r\nHost: b\r\nContent-Length: 100\r\n\r\n", 0},
+		{"proxy without a handle", public, "POST /api/upload HTTP/1.1\r\nHost: b\r\nContent-Length: 100000\r\n\r\n", http.StatusUnauthorized},
+		{"proxy with a live handle", public, "POST /api/upload HTTP/1.1\r\nHost: b\r\nAuthorization: Bearer " + c.Session + "\r\nContent-Length: 100000\r\n\r\n", http.StatusBadRequest},
+		{"proxy with a live handle, chunked", public, "PUT /api/upload HTTP/1.1\r\nHost: b\r\nAuthorization: Bearer " + c.Session + "\r\nTransfer-Encoding: chunked\r\n\r\n", http.StatusBadRequest},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			status, took := stalledBody(t, tt.addr, tt.head)
+			if tt.want != 0 && status != tt.want {
+				t.Errorf("answered %d after %v, want %d", status, took, tt.want)
+			}
+			if took > 5*time.Second {
+				t.Errorf("held on %v, want about 1s", took)
+			}
+		})
+	}
+	t.Cleanup(func() {
+		// The stalled bodies held nothing for good.
+		if res := do(t, b, http.MethodGet, "/v1/session", c.Session, nil); res.status != http.StatusOK {
+			t.Errorf("GET /v1/session = %d, want 200", res.status)
+		}
+	})
+}
+
+// trickle is a request body that arrives chunk by chunk, every interval.
+type trickle struct {
+	chunk    []byte
+	left     int
+	interval time.Duration
+	started  bool
+}
+
+func (r *trickle) Read(p []byte) (int, error) {
+	if r.left == 0 {
+		return 0, io.EOF
+	}
+	if r.started {
+		time.Sleep(r.interval) // the client's pace, not synchronisation
+	}
+	r.started = true
+	r.left--
+	return copy(p, r.chunk), nil
+}
+
+// A proxied upload at an honest pace goes through however long it takes in
+// all; one below the minimum rate is cut off although bytes keep coming.
+func TestProxiedUploadMinimumRate(t *testing.T) {
+	s := newStack(t, stackOptions{bodies: tightBodies})
+	b := s.start()
+	c := s.login(b)
+	upload := func(r *trickle, size int) (*http.Response, error) {
+		req, err := http.NewRequest(http.MethodPost, b.base+"/api/upload", r)
+		if err != nil {
+			t.Fatal(err)
+		}
+		req.ContentLength = int64(size)
+		req.Header.Set("Authorization", "Bearer "+c.Session)
+		return (&http.Client{Timeout: 20 * time.Second}).Do(req)
+	}
+
+	// 64 KiB as 4 KiB every 200 ms: 3 s in all, three times the body
+	// deadline of the broker's own routes, 20 KiB a second.
+	chunk := []byte(strings.Repeat("u", 4<<10))
+	start := time.Now()
+	resp, err := upload(&trickle{chunk: chunk, left: 16, interval: 200 * time.Millisecond}, 64<<10)
+	if err != nil {
+		t.Fatalf("a slow honest upload: %v", err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	var echoed struct{ Body string }
+	_ = json.Unmarshal(body, &echoed)
+	if resp.StatusCode != http.StatusOK || len(echoed.Body) != 64<<10 {
+		t.Fatalf("a slow honest upload = %d with %d bytes at the upstream, want 200 and 65536", resp.StatusCode, len(echoed.Body))
+	}
+	if took := time.Since(start); took < 2*tightBodies.Timeout {
+		t.Errorf("the upload took %v; too fast to show that proxied bodies have no total deadline", took)
+	}
+
+	// 100 bytes every 300 ms, about 330 B/s: below 1 KiB a second.
+	start = time.Now()
+	resp, err = upload(&trickle{chunk: chunk[:100], left: 100, interval: 300 * time.Millisecond}, 100*100)
+	if err == nil {
+		resp.Body.Close()
+		if resp.StatusCode == http.StatusOK {
+			t.Fatalf("an upload below the minimum rate = 200 after %v, want it cut off", time.Since(start))
+		}
+	}
+	if took := time.Since(start); took > 10*time.Second {
+		t.Errorf("an upload below the minimum rate was cut off after %v, want within a few windows of 1s", took)
+	}
+}
+
+// One HTTP/2 connection cannot have more than the stream limit of requests
+// in flight: the broker announces the limit, and a stream past it is reset,
+// while the ones before it wait for bodies that never come.
+func TestHTTP2StreamLimit(t *testing.T) {
+	certFile, keyFile, pool := selfSigned(t)
+	s := newStack(t, stackOptions{env: map[string]string{"BROKER_TLS_CERT": certFile, "BROKER_TLS_KEY": keyFile}})
+	b := s.start()
+	conn, err := tls.Dial("tcp", hostOf(b.base), &tls.Config{RootCAs: pool, NextProtos: []string{"h2"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	if p := conn.ConnectionState().NegotiatedProtocol; p != "h2" {
+		t.Fatalf("negotiated %q, want h2", p)
+	}
+	_ = conn.SetDeadline(time.Now().Add(20 * time.Second))
+	if _, err := io.WriteString(conn, http2.ClientPreface); err != nil {
+		t.Fatal(err)
+	}
+	fr := http2.NewFramer(conn, conn)
+	if err := fr.WriteSettings(); err != nil {
+		t.Fatal(err)
+	}
+
+	// The server's settings come first.
+	var limit uint32
+	for {
+		f, err := fr.ReadFrame()
+		if err != nil {
+			t.Fatalf("reading the server's settings: %v", err)
+		}
+		if sf, ok := f.(*http2.SettingsFrame); ok && !sf.IsAck() {
+			v, ok := sf.Value(http2.SettingMaxConcurrentStreams)
+			if !ok {
+				t.Fatal("the server announces no stream limit")
+			}
+			limit = v
+			if err := fr.WriteSettingsAck(); err != nil {
+				t.Fatal(err)
+			}
+			break
+		}
+	}
+	if limit != handlers.HTTP2MaxConcurrentStreams {
+		t.Fatalf("SETTINGS_MAX_CONCURRENT_STREAMS = %d, want %d", limit, handlers.HTTP2MaxConcurrentStreams)
+	}
+
+	// limit+1 requests that each declare a body and send none.
+	var hb bytes.Buffer
+	enc := hpack.NewEncoder(&hb)
+	for _, f := range [][2]string{
+		{":method", "POST"}, {":scheme", "https"}, {":authority", "broker"}, {":path", "/v1/sessions"},
+		{"content-type", "application/json"}, {"content-length", "100"},
+	} {
+		if err := enc.WriteField(hpack.HeaderField{Name: f[0], Value: f[1]}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	last := uint32(2*limit + 1)
+	for id := uint32(1); id <= last; id += 2 {
+		if err := fr.WriteHeaders(http2.HeadersFrameParam{StreamID: id, BlockFragment: hb.Bytes(), EndHeaders: true}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for {
+		f, err := fr.ReadFrame()
+		if err != nil {
+			t.Fatalf("waiting for stream %d to be reset: %v", last, err)
+		}
+		switch f := f.(type) {
+		case *http2.RSTStreamFrame:
+			if f.StreamID != last {
+				t.Fatalf("stream %d reset (%v), want only stream %d, the one past the limit", f.StreamID, f.ErrCode, last)
+			}
+			return
+		case *http2.HeadersFrame:
+			t.Fatalf("stream %d answered before the %d-stream limit was passed", f.StreamID, limit)
+		case *http2.GoAwayFrame:
+			t.Fatalf("the server went away (%v), want the stream past the limit reset", f.ErrCode)
+		}
+	}
 }

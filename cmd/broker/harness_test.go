@@ -19,6 +19,7 @@ import (
 
 	"golang.org/x/oauth2"
 
+	"github.com/mobile-token-broker/broker/handlers"
 	"github.com/mobile-token-broker/broker/internal/devidp"
 	"github.com/mobile-token-broker/broker/internal/redistest"
 	"github.com/mobile-token-broker/broker/migrations"
@@ -82,6 +83,7 @@ type stack struct {
 	upstream *upstream
 	clock    *testClock
 	env      map[string]string
+	bodies   handlers.BodyLimits
 	brokers  []*instance
 }
 
@@ -93,6 +95,8 @@ type stackOptions struct {
 	// Sentinel or Cluster URL; the stack's own standalone Redis when empty,
 	// and then only is stack.redis set.
 	redisURL string
+	// bodies replaces the brokers' default body limits.
+	bodies handlers.BodyLimits
 }
 
 func newStack(t testing.TB, opts stackOptions) *stack {
@@ -138,7 +142,7 @@ func newStack(t testing.TB, opts stackOptions) *stack {
 		"BROKER_RATE_LIMIT_BACKCHANNEL": "1000/s",
 	}
 	maps.Copy(env, opts.env)
-	return &stack{t: t, redis: rs, idp: idp, upstream: up, clock: &testClock{}, env: env}
+	return &stack{t: t, redis: rs, idp: idp, upstream: up, clock: &testClock{}, env: env, bodies: opts.bodies}
 }
 
 func randomKey(t testing.TB) string {
@@ -201,6 +205,7 @@ func (s *stack) tryStart(extra map[string]string) (*instance, error) {
 		done <- serve(ctx, getenv, io.Discard, logs, &hooks{
 			now:       s.clock.Now,
 			listening: func(p, a string) { ready <- addrs{p, a} },
+			bodies:    s.bodies,
 		})
 	}()
 	select {

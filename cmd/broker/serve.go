@@ -43,6 +43,8 @@ type hooks struct {
 	tracerProvider func(*sdktrace.TracerProvider)
 	// service adjusts the broker's configuration before it starts.
 	service func(*broker.Config)
+	// bodies replaces the default body limits.
+	bodies handlers.BodyLimits
 }
 
 func serve(ctx context.Context, getenv func(string) string, _, stderr io.Writer, h *hooks) error {
@@ -171,6 +173,7 @@ func runBroker(ctx context.Context, cfg *config, rdb redis.UniversalClient, keys
 		InvalidHandleRate: handlers.Rate(cfg.RateInvalid),
 		BackchannelRate:   handlers.Rate(cfg.RateBackchannel),
 		ClientIPv6Prefix:  int(cfg.ClientIPv6Prefix),
+		Bodies:            h.bodies,
 		Ping:              store.Ping,
 		AdminTokens:       cfg.AdminTokens,
 		Metrics:           metrics,
@@ -254,11 +257,24 @@ func newHTTPServer(h http.Handler, log *slog.Logger) *http.Server {
 		// TLS 1.2 at least, with Go's default cipher suites, which keep
 		// HTTP/2's required suites available.
 		TLSConfig: &tls.Config{MinVersion: tls.VersionTLS12},
-		// No write timeout: proxied responses stream for as long as the
-		// upstream sends.
-		ReadHeaderTimeout: 10 * time.Second,
+		// No read or write timeout: proxied bodies stream both ways for as
+		// long as they keep moving. The handlers give request bodies their
+		// deadlines (handlers.BodyLimits).
+		ReadHeaderTimeout: handlers.ReadHeaderTimeout,
+		MaxHeaderBytes:    handlers.MaxHeaderBytes,
 		IdleTimeout:       120 * time.Second,
-		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
+		HTTP2: &http.HTTP2Config{
+			// One connection cannot hold more handlers than this, each
+			// bounded by the body deadlines.
+			MaxConcurrentStreams: handlers.HTTP2MaxConcurrentStreams,
+			// A connection that sends nothing for 30 s is pinged, and
+			// closed if the ping is not answered within 15 s; one whose
+			// client reads nothing of what is written for 60 s is closed.
+			SendPingTimeout:  30 * time.Second,
+			PingTimeout:      15 * time.Second,
+			WriteByteTimeout: 60 * time.Second,
+		},
+		ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelWarn),
 	}
 }
 
