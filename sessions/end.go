@@ -20,16 +20,15 @@ const (
 	fieldEndDetail = "end_detail"
 	fieldEndRevoke = "end_revoke" // "1" to revoke the refresh token at the IdP
 	fieldEndAt     = "end_at"     // Unix ms
-	// fieldEndToken is random per End call, so that a repeat of the call
-	// can tell its own end from another caller's.
-	fieldEndToken = "end_token"
 	// fieldDone is "1" once the end's work is done; its tokens are then
 	// forgotten.
 	fieldDone = "done"
-	// fieldClaimUntil is the Unix ms until which a ClaimEnds caller owns
-	// the end's work; "0" when unclaimed.
-	fieldClaimUntil = "claim_until"
 )
+
+// Two more fields are read and written by the scripts alone: end_token,
+// random per End call, so that a repeat of the call can tell its own end
+// from another caller's; and claim_until, the Unix ms until which a
+// ClaimEnds caller owns the end's work ("0" when unclaimed).
 
 // End ends a session in three steps. First the id goes into the outbox
 // (endsKey), so that a crash after the next step leaves the end's work
