@@ -1060,8 +1060,15 @@ func (r *soakReport) print(w io.Writer, s *soakStack, run *soakRun) {
 		}
 	}
 
-	fmt.Fprintf(w, "\nLongest outages of one session (first failed request sent to the next 200 sent):\n")
-	for _, o := range r.outages[:min(len(r.outages), 5)] {
+	// The longest outage of each phase, since a long fault (the IdP's
+	// pause) would otherwise hide the short ones that outlast their fault.
+	fmt.Fprintf(w, "\nLongest outage of one session begun in each phase (first failed request sent to the next 200 sent):\n")
+	for _, p := range run.phases {
+		i := slices.IndexFunc(r.outages, func(o soakOutage) bool { return !o.from.Before(p.start) && o.from.Before(p.end) })
+		if i < 0 {
+			continue
+		}
+		o := r.outages[i]
 		end := "next 200 at " + rel(o.to)
 		if o.open {
 			end = "no 200 until the session's revocation or the end of the load at " + rel(o.to)
