@@ -130,6 +130,59 @@ func TestStoreDownAfterRotation(t *testing.T) {
 	}
 }
 
+// A replica cannot release its lease after a refresh (Redis restarting, its
+// pool still reconnecting): it retries, so the session's next refresh, on
+// any replica, is not blocked until the lease's ttl runs out.
+func TestLeaseReleaseRetried(t *testing.T) {
+	e := newEnv(t, time.Minute)
+	fl := &flakyLocker{}
+	fl.failReleases.Store(2)
+	a := e.replica(replicaOptions{locker: func(l broker.Locker) broker.Locker { fl.Locker = l; return fl }})
+	b := e.replica(replicaOptions{})
+	ns := e.login(a)
+	e.expire(a, ns.Session.ID)
+	mustAccessToken(t, a, ns.Handle)
+	// The lease's ttl (10 s) is longer than a request with an expired token
+	// waits (5 s): a lease left behind would make this request fail.
+	e.expire(a, ns.Session.ID)
+	mustAccessToken(t, b, ns.Handle)
+	if got := e.idp.SuccessfulRefreshes(); got != 2 {
+		t.Errorf("successful refreshes = %d, want 2", got)
+	}
+}
+
+// A revoke while the IdP hangs answers once the session has ended, without
+// waiting for the IdP: the revocation is left to the outbox.
+func TestRevokeDoesNotWaitOnAHangingIdP(t *testing.T) {
+	e := newEnv(t, time.Hour)
+	a := e.replica(replicaOptions{config: func(c *broker.Config) { c.IdPTimeout = 20 * time.Second }})
+	ns := e.login(a)
+	ctx := context.Background()
+	e.idp.Pause()
+	defer e.idp.Resume()
+	start := time.Now()
+	if err := a.RevokeSession(ctx, ns.Session.ID, "secops"); err != nil {
+		t.Fatalf("RevokeSession while the IdP hangs = %v, want success", err)
+	}
+	if d := time.Since(start); d > 10*time.Second {
+		t.Errorf("RevokeSession took %v with a 20 s IdP timeout, want the short inline bound", d)
+	}
+	if _, err := accessToken(a, ns.Handle); !isInvalidToken(err) {
+		t.Errorf("AccessToken after the revoke = %v, want invalid_token", err)
+	}
+	ending, err := a.store.Ending(ctx, ns.Session.ID)
+	if err != nil || ending.Done {
+		t.Fatalf("Ending = %+v, %v; want it pending for the outbox", ending, err)
+	}
+	e.idp.Resume()
+	if n, err := a.DrainEndings(ctx, 0); err != nil || n != 1 {
+		t.Fatalf("DrainEndings once the IdP is back = %d, %v; want 1", n, err)
+	}
+	if got := e.idp.Revoked(); len(got) == 0 || got[len(got)-1] != ns.Session.Tokens.RefreshToken {
+		t.Error("the outbox did not revoke the refresh token at the IdP")
+	}
+}
+
 // An IdP that answers two refreshes with the same access token: replicas
 // tell a finished refresh by the session's generation, not by comparing
 // access tokens, so each expiry still costs exactly one refresh.
@@ -411,7 +464,9 @@ func TestBackchannelRedeliveredAfterStoreFailure(t *testing.T) {
 	ctx := context.Background()
 	tok := e.logoutToken(devidp.DemoSubject)
 
-	fs.end = func(context.Context, string, broker.EndReason) (*broker.Ending, error) { return nil, errStoreUnavailable }
+	fs.end = func(context.Context, string, broker.EndReason) (*broker.Ending, error) {
+		return nil, errStoreUnavailable
+	}
 	if _, err := a.BackchannelLogout(ctx, tok); broker.ErrorCode(err) != broker.CodeStoreUnavailable {
 		t.Fatalf("delivery with the store failing = %v, want store_unavailable", err)
 	}

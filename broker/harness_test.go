@@ -82,6 +82,8 @@ type replicaOptions struct {
 	keys *sessions.Keyring
 	// wrap decorates the real store as the broker sees it.
 	wrap func(broker.Store) broker.Store
+	// locker decorates the real store's leases.
+	locker func(broker.Locker) broker.Locker
 	// config adjusts the broker's configuration.
 	config func(*broker.Config)
 }
@@ -106,13 +108,17 @@ func (e *env) replica(opts replicaOptions) *replica {
 	if opts.wrap != nil {
 		bs = opts.wrap(store)
 	}
+	var locker broker.Locker = store
+	if opts.locker != nil {
+		locker = opts.locker(store)
+	}
 	logs := &syncBuffer{}
 	cfg := broker.Config{
 		Issuer:       e.idp.Issuer(),
 		ClientID:     e.idp.ClientID(),
 		RedirectURIs: []string{redirectURI},
 		Store:        bs,
-		Locker:       store,
+		Locker:       locker,
 		Audit:        store,
 		Replay:       store,
 		Now:          e.clock.Now,
@@ -241,6 +247,35 @@ func (f *faultyStore) End(ctx context.Context, id string, why broker.EndReason) 
 		return hook(ctx, id, why)
 	}
 	return f.Store.End(ctx, id, why)
+}
+
+// flakyLocker decorates the real locker: the first failReleases releases of
+// its leases fail as if Redis did not answer, without reaching Redis.
+type flakyLocker struct {
+	broker.Locker
+	failReleases atomic.Int32
+}
+
+func (f *flakyLocker) TryLock(ctx context.Context, id string, ttl time.Duration) (broker.Lease, bool, error) {
+	l, ok, err := f.Locker.TryLock(ctx, id, ttl)
+	if !ok || err != nil {
+		return l, ok, err
+	}
+	return &flakyLease{Lease: l, locker: f}, true, nil
+}
+
+type flakyLease struct {
+	broker.Lease
+	locker *flakyLocker
+}
+
+func (l *flakyLease) Unwrap() broker.Lease { return l.Lease }
+
+func (l *flakyLease) Release(ctx context.Context) error {
+	if l.locker.failReleases.Add(-1) >= 0 {
+		return errStoreUnavailable
+	}
+	return l.Lease.Release(ctx)
 }
 
 // errStoreUnavailable is the error the real store gives when Redis does not

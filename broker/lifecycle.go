@@ -15,6 +15,10 @@ import (
 type lifecycle struct {
 	base   context.Context
 	cancel context.CancelFunc
+	// stopping ends when Close begins, for work that only tidies up and
+	// should not hold the shutdown (lease releases retried).
+	stopping context.Context
+	stop     context.CancelFunc
 
 	mu      sync.Mutex
 	closing bool
@@ -23,7 +27,8 @@ type lifecycle struct {
 
 func newLifecycle() *lifecycle {
 	ctx, cancel := context.WithCancel(context.Background())
-	return &lifecycle{base: ctx, cancel: cancel}
+	stopping, stop := context.WithCancel(ctx)
+	return &lifecycle{base: ctx, cancel: cancel, stopping: stopping, stop: stop}
 }
 
 // add counts one more piece of work, unless Close has begun.
@@ -69,9 +74,7 @@ func (s *Service) Close(ctx context.Context) error {
 	s.life.mu.Lock()
 	s.life.closing = true
 	s.life.mu.Unlock()
-	if s.stopWorker != nil {
-		s.stopWorker()
-	}
+	s.life.stop()
 	done := make(chan struct{})
 	go func() {
 		s.life.wg.Wait()

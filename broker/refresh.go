@@ -351,6 +351,10 @@ func (s *Service) storePending(ctx context.Context, id string, from uint64, keep
 			return
 		case errors.Is(err, ErrLeaseLost):
 			keep.lost()
+		case !errors.Is(err, ErrStoreUnavailable):
+			// Retrying cannot fix it (the record became unreadable, say).
+			s.log.Error("rotated tokens cannot be stored: the session will need a new sign-in", "session_id", id, "generation", p.gen, "error", err)
+			return
 		}
 		if time.Now().After(give) {
 			s.log.Error("rotated tokens could not be stored: the session will need a new sign-in", "session_id", id, "generation", p.gen, "error", err)
@@ -544,19 +548,42 @@ func (k *leaseKeeper) retake(ctx context.Context) Lease {
 	return l
 }
 
-// release stops renewing and frees the lease if it is still held.
+// release stops renewing and frees the lease if it is still held. A
+// release the store could not answer (Redis restarting, a pool still
+// reconnecting) is retried in the background while the lease could still be
+// alive: a lease nobody releases blocks the session's next refresh on every
+// replica until its ttl runs out.
 func (k *leaseKeeper) release() {
 	k.once.Do(func() {
 		close(k.stop)
 		<-k.done
-		if l := k.current(); l != nil {
-			ctx, cancel := context.WithTimeout(context.Background(), k.s.cfg.IdPTimeout)
-			defer cancel()
-			if err := l.Release(ctx); err != nil {
-				k.s.log.Warn("releasing the refresh lease failed; it expires by itself", "session_id", k.id, "error", err)
-			}
+		l := k.current()
+		if l == nil {
+			return
 		}
+		if k.tryRelease(l) {
+			return
+		}
+		until := time.Now().Add(k.s.cfg.LockTTL)
+		k.s.spawn(func(context.Context) {
+			for time.Now().Before(until) {
+				if err := sleep(k.s.life.stopping, releaseRetry); err != nil || k.tryRelease(l) {
+					return
+				}
+			}
+			k.s.log.Warn("releasing the refresh lease failed; it expires by itself", "session_id", k.id)
+		})
 	})
+}
+
+// releaseRetry is the pause between attempts to release a lease.
+const releaseRetry = 100 * time.Millisecond
+
+// tryRelease frees the lease once and reports whether the store answered.
+func (k *leaseKeeper) tryRelease(l Lease) bool {
+	ctx, cancel := context.WithTimeout(context.Background(), releaseRetry*5)
+	defer cancel()
+	return l.Release(ctx) == nil
 }
 
 // fresh reports whether the access token has at least RefreshSkew left.

@@ -89,7 +89,6 @@ type Service struct {
 	pending    pendingTokens
 	unreadable unreadableSeen
 	life       *lifecycle
-	stopWorker context.CancelFunc
 	// refreshClient is cfg.HTTPClient without its Timeout.
 	refreshClient *http.Client
 }

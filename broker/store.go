@@ -36,6 +36,8 @@ type Store interface {
 	// Locker of this store for this session) is still held and the record is
 	// still at generation from. It never recreates a session that ended.
 	//
+	// A lease that wraps another has an Unwrap() Lease method naming it.
+	//
 	// Errors, with nothing written: ErrNotFound when the session ended;
 	// ErrGenerationMoved when the record is no longer at generation from;
 	// ErrLeaseLost when the lease is no longer this holder's.

@@ -170,6 +170,15 @@ func (s *Store) UpdateTokens(ctx context.Context, id string, l broker.Lease, fro
 	if !broker.ValidSessionID(id) {
 		return fmt.Errorf("update tokens: %w", broker.ErrNotFound)
 	}
+	// A decorated lease (a wrapper that counts or injects faults) names
+	// the lease it wraps.
+	for {
+		u, ok := l.(interface{ Unwrap() broker.Lease })
+		if !ok {
+			break
+		}
+		l = u.Unwrap()
+	}
 	held, ok := l.(*lease)
 	switch {
 	case !ok || held == nil:
