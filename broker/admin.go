@@ -62,8 +62,12 @@ func (s *Service) RevokeSession(ctx context.Context, id, actor string) error {
 	if !errors.Is(err, ErrNotFound) {
 		return err
 	}
-	if ended, lerr := s.ended(ctx, id); lerr != nil || !ended {
-		return errors.Join(err, lerr)
+	ended, lerr := s.ended(ctx, id)
+	switch {
+	case lerr != nil:
+		return lerr
+	case !ended:
+		return err
 	}
 	return nil
 }
@@ -125,7 +129,6 @@ func (s *Service) RevokeUser(ctx context.Context, sub, actor string) (UserRevoca
 // must not wait on a failing IdP once per session. The caller writes the
 // audit event. It returns how many revocations failed or were left.
 func (s *Service) settleAll(ctx context.Context, ended []*Ending) int {
-	d := s.idp.Load()
 	ctx = context.WithoutCancel(ctx)
 	var (
 		failures  atomic.Int64
@@ -143,7 +146,7 @@ func (s *Service) settleAll(ctx context.Context, ended []*Ending) int {
 					return
 				}
 				rctx, cancel := context.WithTimeout(ctx, inlineRevokeWait)
-				_, err := s.revoke(rctx, d, e.Session.Tokens.RefreshToken)
+				_, err := s.revokeAt(rctx, e.Session.Tokens.RefreshToken)
 				cancel()
 				if err != nil {
 					s.log.Warn("revocation at the identity provider failed; the outbox retries it", "session_id", e.Session.ID, "error", err)

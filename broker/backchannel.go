@@ -125,8 +125,9 @@ func (s *Service) BackchannelLogout(ctx context.Context, rawToken string) (int, 
 		}
 	}
 	if _, err := s.cfg.Replay.FirstUse(ctx, jti, logoutTokenMaxAge+2*logoutTokenSkew); err != nil {
-		// The sessions are ended; a replay of this token could only end
-		// the same ones again.
+		// The sessions are ended. A replay within the token's age limit
+		// would be accepted: it ends the same sessions again, and, for a
+		// token with only sub, also any the user opened since.
 		s.log.WarnContext(ctx, "recording a used logout token failed", "error", err)
 	}
 	s.log.InfoContext(ctx, "back-channel logout", "sid_given", c.SID != "", "sub", c.Subject, "sessions_ended", ended)

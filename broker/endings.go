@@ -77,7 +77,7 @@ func (s *Service) finish(ctx context.Context, e *Ending, byWorker bool) (revokeF
 			rctx, cancel = context.WithTimeout(ctx, inlineRevokeWait)
 			defer cancel()
 		}
-		revoked, err := s.revoke(rctx, s.idp.Load(), sess.Tokens.RefreshToken)
+		revoked, err := s.revokeAt(rctx, sess.Tokens.RefreshToken)
 		switch {
 		case err != nil && time.Since(e.At) < revokeGiveUp:
 			revokeFailed, complete = true, false
@@ -147,6 +147,17 @@ func (s *Service) DrainEndings(ctx context.Context, olderThan time.Duration) (in
 			return settled, nil
 		}
 	}
+}
+
+// revokeAt revokes a refresh token at the IdP, discovering it first if
+// this process has not yet: an ending must never count as revoked because
+// the IdP's endpoints are still unknown.
+func (s *Service) revokeAt(ctx context.Context, token string) (bool, error) {
+	d, err := s.provider(ctx)
+	if err != nil {
+		return false, err
+	}
+	return s.revoke(ctx, d, token)
 }
 
 // revokeDetached revokes, in the background, a refresh token that no session

@@ -86,6 +86,9 @@ type replicaOptions struct {
 	locker func(broker.Locker) broker.Locker
 	// config adjusts the broker's configuration.
 	config func(*broker.Config)
+	// undiscovered leaves the IdP undiscovered, as a replica that started
+	// while the IdP was down.
+	undiscovered bool
 }
 
 // replica starts one more broker on the env.
@@ -140,6 +143,9 @@ func (e *env) replica(opts replicaOptions) *replica {
 			e.t.Errorf("Close = %v", err)
 		}
 	})
+	if opts.undiscovered {
+		return &replica{Service: svc, store: store, logs: logs}
+	}
 	if err := svc.Discover(context.Background()); err != nil {
 		e.t.Fatalf("Discover: %v", err)
 	}
@@ -235,8 +241,19 @@ func storedSession(t *testing.T, r *replica, id string) *broker.Session {
 // of the method and may call the real one.
 type faultyStore struct {
 	broker.Store
-	mu  sync.Mutex
-	end func(ctx context.Context, id string, why broker.EndReason) (*broker.Ending, error)
+	mu     sync.Mutex
+	end    func(ctx context.Context, id string, why broker.EndReason) (*broker.Ending, error)
+	ending func(ctx context.Context, id string) (*broker.Ending, error)
+}
+
+func (f *faultyStore) Ending(ctx context.Context, id string) (*broker.Ending, error) {
+	f.mu.Lock()
+	hook := f.ending
+	f.mu.Unlock()
+	if hook != nil {
+		return hook(ctx, id)
+	}
+	return f.Store.Ending(ctx, id)
 }
 
 func (f *faultyStore) End(ctx context.Context, id string, why broker.EndReason) (*broker.Ending, error) {

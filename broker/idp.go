@@ -230,6 +230,21 @@ func (s *Service) revoke(ctx context.Context, d *idp, token string) (bool, error
 	return true, nil
 }
 
+// idpCause is what logs and wrapped errors keep of an error of the token
+// endpoint: its status and OAuth error code, not the body x/oauth2 quotes
+// when the answer has no error code (up to 1 MB of whatever the IdP sent).
+func idpCause(err error) error {
+	var re *oauth2.RetrieveError
+	if errors.As(err, &re) {
+		te := classifyTokenError(err)
+		if te.oauthCode == "" {
+			return fmt.Errorf("the token endpoint answered %d", te.status)
+		}
+		return errors.New(te.summary())
+	}
+	return redactURLError(err)
+}
+
 // redactURLError drops the URL from a *url.Error: request URLs of the IdP do
 // not carry secrets today, but an error that reaches logs should not depend on
 // that.

@@ -69,7 +69,7 @@ const (
 	// not take are kept and retried.
 	pendingWriteLimit = 10 * time.Minute
 	writeRetryMin     = 50 * time.Millisecond
-	writeRetryMax     = time.Second
+	writeRetryMax     = 500 * time.Millisecond
 )
 
 // refreshOutcome is the result of one refresh flight.
@@ -159,8 +159,8 @@ func (s *Service) withoutRefresh(ctx context.Context, sess *Session, err error) 
 // started it (its request id, for the logs).
 func (s *Service) startRefresh(reqCtx context.Context, sess *Session) (<-chan singleflight.Result, time.Time) {
 	id, seen := sess.ID, sess.Generation
-	started := s.flights.start(id)
 	ch := s.flight.DoChan("refresh:"+id, func() (any, error) {
+		s.flights.begin(id)
 		defer s.flights.done(id)
 		var out refreshOutcome
 		var err error
@@ -187,6 +187,11 @@ func (s *Service) startRefresh(reqCtx context.Context, sess *Session) (<-chan si
 		}
 		return out, err
 	})
+	// A flight this call just started may not have recorded its start yet.
+	started, ok := s.flights.since(id)
+	if !ok {
+		started = time.Now()
+	}
 	return ch, started
 }
 
@@ -308,8 +313,9 @@ func (s *Service) refreshHolding(ctx context.Context, id string, seen uint64, le
 	s.log.WarnContext(ctx, "session refreshed, but the store did not take the new tokens yet; serving them and retrying the write", "session_id", id, "generation", out.gen, "error", err)
 	s.pending.put(id, out)
 	if !s.spawn(func(bg context.Context) { s.storePending(bg, id, sess.Generation, keep) }) {
-		keep.release()
-		s.pending.drop(id, out.gen)
+		// Close has begun: this flight is counted work, so write here,
+		// within the shutdown grace.
+		s.storePending(s.life.base, id, sess.Generation, keep)
 	}
 	return out, nil
 }
@@ -331,13 +337,11 @@ func (s *Service) storePending(ctx context.Context, id string, from uint64, keep
 		pause = min(2*pause, writeRetryMax)
 		lease := keep.current()
 		if lease == nil {
+			// Lost: take it back, or, if another replica holds it (it is
+			// calling the IdP with the spent token, which will be refused),
+			// store by the generation alone rather than wait for it: the
+			// refused holder ends the session unless the generation moves.
 			lease = keep.retake(ctx)
-			if lease == nil {
-				// Another holder has the lease. It will be refused by the
-				// IdP (ours is the rotated token) and then waits a moment
-				// for this write before it ends anything.
-				continue
-			}
 		}
 		err := s.cfg.Store.UpdateTokens(ctx, id, lease, from, p.tokens)
 		switch {
@@ -429,7 +433,7 @@ func (s *Service) redeemRefresh(ctx context.Context, sess *Session) (Tokens, err
 		}
 		te := classifyTokenError(err)
 		s.log.WarnContext(ctx, "refresh failed at the identity provider", "session_id", sess.ID, "attempt", attempt,
-			"status", te.status, "idp_error", te.oauthCode, "idp_error_description", truncate(te.description, 200), "error", redactURLError(err))
+			"status", te.status, "idp_error", truncate(te.oauthCode, 64), "idp_error_description", truncate(te.description, 200), "error", idpCause(err))
 		switch {
 		case te.status == 400 && te.oauthCode == "invalid_request" && attempt == 1:
 			if err := sleep(ctx, retryPause); err != nil {
@@ -440,7 +444,7 @@ func (s *Service) redeemRefresh(ctx context.Context, sess *Session) (Tokens, err
 			return Tokens{}, fmt.Errorf("%w: %s", errRefused, te.summary())
 		}
 		s.cfg.Metrics.Refresh("failed")
-		return Tokens{}, wrap(CodeIdPUnavailable, redactURLError(err), "the identity provider is unavailable, retry later")
+		return Tokens{}, wrap(CodeIdPUnavailable, idpCause(err), "the identity provider is unavailable, retry later")
 	}
 	next := s.tokensFrom(tok, sess.Tokens.IDToken)
 	if next.RefreshToken == "" {

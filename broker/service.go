@@ -209,10 +209,10 @@ func (s *Service) Exchange(ctx context.Context, req ExchangeRequest) (*NewSessio
 	if err != nil {
 		if classifyTokenError(err).rejected {
 			s.cfg.Metrics.Exchange("rejected")
-			return nil, wrap(CodeInvalidGrant, err, "the identity provider rejected the code, code_verifier or redirect_uri")
+			return nil, wrap(CodeInvalidGrant, idpCause(err), "the identity provider rejected the code, code_verifier or redirect_uri")
 		}
 		s.cfg.Metrics.Exchange("idp_unavailable")
-		return nil, wrap(CodeIdPUnavailable, redactURLError(err), "the identity provider is unavailable, retry later")
+		return nil, wrap(CodeIdPUnavailable, idpCause(err), "the identity provider is unavailable, retry later")
 	}
 	sess, rawID, err := s.verifyExchange(callCtx, d, tok, req.Nonce)
 	if err != nil {

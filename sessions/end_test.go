@@ -67,6 +67,9 @@ func testEndRepeat(t *testing.T, st *Store) {
 		return res
 	}
 	first, second := run("token-1"), run("token-1")
+	if len(first) != 2 || len(second) != 2 {
+		t.Fatalf("end script twice with one token answered %v then %v; want 1 and the tombstone both times", first, second)
+	}
 	if first[0].(int64) != 1 || second[0].(int64) != 1 || !reflect.DeepEqual(fieldMap(first[1]), fieldMap(second[1])) {
 		t.Errorf("end script twice with one token answered %v then %v, tombstones equal %v; want 1 and 1 with the same tombstone",
 			first[0], second[0], reflect.DeepEqual(fieldMap(first[1]), fieldMap(second[1])))

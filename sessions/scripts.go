@@ -29,7 +29,8 @@ return 1
 	// updateTokensScript is the fenced write of a refresh: it stores the
 	// sealed tokens ARGV[4] as generation ARGV[2] of the session KEYS[1]
 	// only while the session is at generation ARGV[1] and its lease KEYS[2]
-	// still holds the caller's token ARGV[3]. HSET keeps the key's expiry.
+	// still holds the caller's token ARGV[3] (an empty ARGV[3]: a rescue
+	// write, fenced by the generation alone). HSET keeps the key's expiry.
 	// It answers 1 when written (or when it finds its own write: the
 	// generation after and the very same blob), 0 when the session is gone,
 	// 2 when the generation moved, 3 when the lease was lost.
@@ -40,7 +41,7 @@ if gen ~= ARGV[1] then
   if gen == ARGV[2] and redis.call('HGET', KEYS[1], 'tok') == ARGV[4] then return 1 end
   return 2
 end
-if redis.call('GET', KEYS[2]) ~= ARGV[3] then return 3 end
+if ARGV[3] ~= '' and redis.call('GET', KEYS[2]) ~= ARGV[3] then return 3 end
 redis.call('HSET', KEYS[1], 'tok', ARGV[4], 'gen', ARGV[2])
 return 1
 `)

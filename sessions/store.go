@@ -180,6 +180,10 @@ func (s *Store) UpdateTokens(ctx context.Context, id string, l broker.Lease, fro
 		l = u.Unwrap()
 	}
 	held, ok := l.(*lease)
+	if l == nil {
+		// A rescue write: fenced by the generation alone.
+		held, ok = &lease{sessionID: id}, true
+	}
 	switch {
 	case !ok || held == nil:
 		return fmt.Errorf("update tokens of session %s: the lease (%T) was not taken from this store", id, l)
