@@ -129,6 +129,10 @@ const claimPage = 64
 // or has seen every entry old enough. Each claim is a script on the
 // tombstone alone, so this works on Cluster, where the outbox and the
 // tombstones live on different nodes.
+// staleIntent is how old an outbox entry of a session that still lives, with
+// no tombstone, must be before ClaimEnds drops it.
+const staleIntent = 10 * time.Minute
+
 func (s *Store) ClaimEnds(ctx context.Context, olderThan, claimFor time.Duration, limit int) ([]*broker.Ending, error) {
 	if limit < 1 {
 		return nil, nil
@@ -142,14 +146,17 @@ func (s *Store) ClaimEnds(ctx context.Context, olderThan, claimFor time.Duration
 	)
 	for len(claimed) < limit {
 		page := int64(max(claimPage, limit-len(claimed)))
-		ids, err := s.client.ZRangeByScore(ctx, endsKey, &redis.ZRangeBy{
+		entries, err := s.client.ZRangeByScoreWithScores(ctx, endsKey, &redis.ZRangeBy{
 			Min: "-inf", Max: strconv.FormatInt(cutoff, 10), Offset: offset, Count: page,
 		}).Result()
 		if err != nil {
 			return claimed, storeError(ctx, "claim ends", err)
 		}
+		ids := make([]string, len(entries))
 		var gone []any
-		for _, id := range ids {
+		for i, entry := range entries {
+			id, _ := entry.Member.(string)
+			ids[i] = id
 			if len(claimed) == limit {
 				break
 			}
@@ -165,6 +172,13 @@ func (s *Store) ClaimEnds(ctx context.Context, olderThan, claimFor time.Duration
 			switch status, _ := res[0].(int64); status {
 			case 0:
 				gone = append(gone, id)
+			case 3:
+				// The session lives and has no tombstone: an End between
+				// its two steps, or one that its condition refused. No End
+				// takes staleIntent between them.
+				if int64(entry.Score) < now.Add(-staleIntent).UnixMilli() {
+					gone = append(gone, id)
+				}
 			case 2:
 				claimed = append(claimed, s.decodeEnding(id, fieldMap(res[1])))
 			}

@@ -264,6 +264,19 @@ func testClaimEndsHousekeeping(t *testing.T, st *Store) {
 	if got, err := st.ClaimEnds(ctx, time.Minute, time.Minute, 0); err != nil || len(got) != 0 {
 		t.Errorf("ClaimEnds(limit 0) = %v, %v; want none", got, err)
 	}
+	// Older than any End takes between its steps (a conditional End its
+	// condition refused leaves such an entry), the live session's entry
+	// goes; the session stays.
+	clk.Advance(staleIntent)
+	if _, err := st.ClaimEnds(ctx, time.Minute, time.Minute, 10); err != nil {
+		t.Fatal(err)
+	}
+	if n := st.client.ZCard(ctx, endsKey).Val(); n != 0 {
+		t.Errorf("outbox holds %d entries after the live session's went stale, want 0", n)
+	}
+	if _, err := st.Get(ctx, live.ID); err != nil {
+		t.Errorf("Get of the live session after housekeeping = %v", err)
+	}
 }
 
 // testUnknownKeyListedAndEnded checks that a record sealed under a key the

@@ -168,12 +168,13 @@ return 1
 	// and nobody claimed it past now (ARGV[1]). It answers {2, tombstone fields} when claimed;
 	// {1} to skip it for now; {0} when the outbox entry can go: the end is
 	// done, or there is neither tombstone nor session (an end that found
-	// nothing, or whose tombstone expired). A session still there without
-	// a tombstone may be an end between its outbox entry and its script,
-	// so its entry stays.
+	// nothing, or whose tombstone expired); {3} for a session still there
+	// without a tombstone: an end between its outbox entry and its script,
+	// or a conditional end its condition refused, whose entry the caller
+	// drops once it is older than any end takes.
 	claimEndScript = redis.NewScript(`
 if redis.call('EXISTS', KEYS[1]) == 0 then
-  if redis.call('EXISTS', KEYS[2]) == 1 then return {1} end
+  if redis.call('EXISTS', KEYS[2]) == 1 then return {3} end
   return {0}
 end
 local e = redis.call('HMGET', KEYS[1], 'done', 'claim_until', 'end_at')
