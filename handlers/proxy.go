@@ -25,7 +25,8 @@ import (
 
 // Route maps a path prefix of the public listener to an upstream base URL.
 type Route struct {
-	// Prefix is matched on whole segments of the path as the client sent it.
+	// Prefix is matched on whole segments of the request's path, in the
+	// canonical spelling of canonicalPath.
 	Prefix string
 	// Upstream is the base URL the rest of the path is appended to.
 	Upstream *url.URL
@@ -281,7 +282,8 @@ func (p *Proxy) Routes() []Route {
 
 // Match returns the route whose prefix matches escapedPath on whole segments
 // ("/api" matches "/api" and "/api/x", never "/apix"), the longest one when
-// several do, and the rest of the path after the prefix, still escaped.
+// several do, and the rest of the path after the prefix, still escaped. It
+// compares bytes: the handler passes it the canonical path (see resolve).
 func (p *Proxy) Match(escapedPath string) (route Route, tail string, ok bool) {
 	for _, r := range p.routes {
 		rest, found := strings.CutPrefix(escapedPath, r.Prefix)
@@ -311,14 +313,12 @@ type targetKey struct{}
 // Handler is the Echo handler of every route prefix.
 func (p *Proxy) Handler(c echo.Context) error {
 	r, w := c.Request(), c.Response()
-	escaped := r.URL.EscapedPath()
-	route, tail, ok := p.Match(escaped)
+	// The path is checked before the handle so that a hostile path costs no
+	// store lookup and no token refresh.
+	route, tail, decoded, ok, err := p.resolve(r.URL.EscapedPath())
 	if !ok {
 		return broker.Errorf(broker.CodeNotFound, "no route for this path")
 	}
-	// The path is checked before the handle so that a hostile path costs no
-	// store lookup and no token refresh.
-	decoded, err := checkTail(tail)
 	if err != nil {
 		return err
 	}
@@ -361,39 +361,6 @@ func (p *Proxy) Handler(c echo.Context) error {
 	}
 	p.rp.ServeHTTP(w, r.WithContext(ctx))
 	return t.err
-}
-
-// errUnsafePath answers a path that could step outside the route.
-var errUnsafePath = broker.Errorf(broker.CodeInvalidRequest, "the request path is not allowed")
-
-// checkTail validates the escaped path after a route prefix and returns it
-// decoded. The upstream resolves the path itself, so a segment that it could
-// read as a step upwards would let the app reach paths outside the route's
-// base: RFC 3986 section 5.2.4 removes "." and ".." segments, and section 2.3
-// makes %2E equivalent to ".", so a server may decode it first; hence the
-// check after decoding.
-// A segment that decodes to "/" or "\" would be split into new segments by
-// servers that decode first (and "\" is a separator on some), so encoded
-// separators are refused too. Servlet containers drop ";" path parameters
-// (section 3.3) before resolving dot segments, so "..;x" counts as "..".
-func checkTail(escaped string) (string, error) {
-	if escaped == "" {
-		return "", nil
-	}
-	var b strings.Builder
-	for seg := range strings.SplitSeq(escaped[1:], "/") {
-		dec, err := url.PathUnescape(seg)
-		if err != nil {
-			return "", broker.Errorf(broker.CodeInvalidRequest, "the request path has an invalid escape")
-		}
-		name, _, _ := strings.Cut(dec, ";")
-		if name == "." || name == ".." || strings.ContainsAny(dec, `/\`) {
-			return "", errUnsafePath
-		}
-		b.WriteByte('/')
-		b.WriteString(dec)
-	}
-	return b.String(), nil
 }
 
 // joinPath appends the tail of the inbound path to the upstream's path, in
