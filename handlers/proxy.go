@@ -384,6 +384,17 @@ func joinPath(base *url.URL, tail, escapedTail string) (path, rawPath string) {
 // X-Forwarded-*; setForwarded sets the latter again.
 func (p *Proxy) rewrite(pr *httputil.ProxyRequest) {
 	t := pr.In.Context().Value(targetKey{}).(*target)
+	// ReverseProxy puts Upgrade and "Connection: Upgrade" back to tunnel
+	// any protocol the client asks for; on a 101 the client would be
+	// spliced to the upstream, past every check of the broker (with h2c, on
+	// a connection where any path and any Authorization can be sent).
+	// Upgrade is hop-by-hop (RFC 9110 sections 7.6.1 and 7.8), and so is
+	// HTTP2-Settings ("a connection-specific header field", RFC 7540
+	// section 3.2.1): both are dropped, even when Connection does not name
+	// them.
+	pr.Out.Header.Del("Upgrade")
+	pr.Out.Header.Del("Connection")
+	pr.Out.Header.Del("Http2-Settings")
 	up := t.route.Upstream
 	pr.Out.URL = &url.URL{
 		Scheme:   up.Scheme,
