@@ -30,6 +30,10 @@ type Route struct {
 	Prefix string
 	// Upstream is the base URL the rest of the path is appended to.
 	Upstream *url.URL
+	// WebSocket, when set, lets requests on this route upgrade to WebSocket,
+	// and to nothing else, within its limits (see AllowWebSocket). Nil
+	// drops every Upgrade.
+	WebSocket *TunnelPolicy
 }
 
 // reservedPrefix belongs to the broker's own API; a route there would shadow
@@ -144,7 +148,8 @@ func checkUpstream(u *url.URL) error {
 	return nil
 }
 
-// AccessTokens gives the proxy the access token of a session.
+// AccessTokens gives the proxy the access token of a session, and tells an
+// open WebSocket tunnel whether its session still lives.
 type AccessTokens interface {
 	// AccessToken returns the id and a currently valid access token of the
 	// session with the given handle, refreshing the token first when it is
@@ -153,6 +158,10 @@ type AccessTokens interface {
 	// their contract code (idp_unavailable, store_unavailable...). Errors are
 	// rendered to the client as they are.
 	AccessToken(ctx context.Context, handle string) (sessionID, accessToken string, err error)
+	// SessionLive returns nil while the session with the given id lives,
+	// an error with broker.CodeInvalidToken once it ended on any replica,
+	// and another error when that cannot be told.
+	SessionLive(ctx context.Context, sessionID string) error
 }
 
 // DefaultUpstreamTimeout is how long an upstream has to send its response
@@ -194,6 +203,7 @@ type Proxy struct {
 	log     *slog.Logger
 	rp      *httputil.ReverseProxy
 	tracer  trace.Tracer // nil without tracing
+	metrics *Metrics     // nil until useMetrics
 }
 
 // NewProxy validates cfg and builds the proxy.
@@ -203,9 +213,17 @@ func NewProxy(cfg ProxyConfig) (*Proxy, error) {
 		errs = append(errs, errors.New("proxy: no route configured"))
 	}
 	seen := make(map[string]bool)
-	for _, r := range cfg.Routes {
+	routes := slices.Clone(cfg.Routes)
+	for i, r := range routes {
 		if err := errors.Join(checkPrefix(r.Prefix), checkUpstream(r.Upstream)); err != nil {
 			errs = append(errs, fmt.Errorf("proxy: route %q: %w", r.Prefix, err))
+		}
+		if r.WebSocket != nil {
+			policy, err := r.WebSocket.withDefaults()
+			if err != nil {
+				errs = append(errs, fmt.Errorf("proxy: route %q: %w", r.Prefix, err))
+			}
+			routes[i].WebSocket = &policy
 		}
 		if seen[r.Prefix] {
 			errs = append(errs, fmt.Errorf("proxy: route %q is configured twice", r.Prefix))
@@ -231,7 +249,6 @@ func NewProxy(cfg ProxyConfig) (*Proxy, error) {
 		cfg.Transport = newTransport(cfg.UpstreamTimeout)
 	}
 
-	routes := slices.Clone(cfg.Routes)
 	slices.SortStableFunc(routes, func(a, b Route) int { return cmp.Compare(len(b.Prefix), len(a.Prefix)) })
 	p := &Proxy{
 		routes:  routes,
@@ -250,9 +267,10 @@ func NewProxy(cfg ProxyConfig) (*Proxy, error) {
 		// after every write, so they reach the app as the upstream produces
 		// them; a response of known length goes out as the server's buffer
 		// fills, which saves a flush per response on the hot path.
-		FlushInterval: 0,
-		ErrorHandler:  p.upstreamError,
-		ErrorLog:      slog.NewLogLogger(cfg.Logger.Handler(), slog.LevelWarn),
+		FlushInterval:  0,
+		ModifyResponse: p.checkResponse,
+		ErrorHandler:   p.upstreamError,
+		ErrorLog:       slog.NewLogLogger(cfg.Logger.Handler(), slog.LevelWarn),
 	}
 	return p, nil
 }
@@ -274,6 +292,9 @@ func newTransport(responseHeaderTimeout time.Duration) *http.Transport {
 	t.ForceAttemptHTTP2 = true
 	return t
 }
+
+// useMetrics has the proxy count its WebSocket tunnels in m.
+func (p *Proxy) useMetrics(m *Metrics) { p.metrics = m }
 
 // Routes returns the configured routes, longest prefix first.
 func (p *Proxy) Routes() []Route {
@@ -303,6 +324,8 @@ type target struct {
 	rawPath     string // outbound path, escaped as the client sent it
 	sessionID   string
 	accessToken string
+	// tunnel is set for a WebSocket upgrade on a route that allows it.
+	tunnel *tunnel
 	// err is set by upstreamError, for Handler to return to Echo's error
 	// renderer, where every error response is written and counted.
 	err error
@@ -359,6 +382,17 @@ func (p *Proxy) Handler(c echo.Context) error {
 			span.End()
 		}()
 	}
+	if route.WebSocket != nil && isWebSocketUpgrade(r) {
+		p.serveTunnel(w, r.WithContext(ctx), t)
+		if _, opened := t.tunnel.opened(); opened {
+			// The client's connection was handed over to the tunnel: the
+			// access log and metrics count a 101 that lasted until the
+			// tunnel closed.
+			w.Status, w.Committed = http.StatusSwitchingProtocols, true
+			return nil
+		}
+		return t.err
+	}
 	p.rp.ServeHTTP(w, r.WithContext(ctx))
 	return t.err
 }
@@ -395,6 +429,12 @@ func (p *Proxy) rewrite(pr *httputil.ProxyRequest) {
 	pr.Out.Header.Del("Upgrade")
 	pr.Out.Header.Del("Connection")
 	pr.Out.Header.Del("Http2-Settings")
+	if t.tunnel != nil {
+		// A WebSocket upgrade on a route that allows it (RFC 6455 section
+		// 4.1), and nothing else.
+		pr.Out.Header.Set("Connection", "Upgrade")
+		pr.Out.Header.Set("Upgrade", "websocket")
+	}
 	up := t.route.Upstream
 	pr.Out.URL = &url.URL{
 		Scheme:   up.Scheme,
@@ -441,6 +481,14 @@ func (p *Proxy) upstreamError(w http.ResponseWriter, r *http.Request, err error)
 	var ue *url.Error
 	if errors.As(err, &ue) {
 		err = ue.Err
+	}
+	if t != nil && t.tunnel != nil {
+		if _, opened := t.tunnel.opened(); opened {
+			// The upstream switched protocols, but the client could not
+			// be handed over to it; it may already have been.
+			p.log.WarnContext(r.Context(), "websocket tunnel failed to open", "route", prefix, "session_id", sessionID, "error", err)
+			return
+		}
 	}
 	p.log.WarnContext(r.Context(), "upstream unavailable", "route", prefix, "session_id", sessionID, "error", err)
 	if t == nil {

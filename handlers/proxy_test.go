@@ -46,6 +46,13 @@ func (fakeTokens) AccessToken(_ context.Context, handle string) (string, string,
 	return "", "", broker.Errorf(broker.CodeInvalidToken, "session is expired or revoked")
 }
 
+func (fakeTokens) SessionLive(_ context.Context, sessionID string) error {
+	if sessionID == testSessionID {
+		return nil
+	}
+	return broker.ErrInvalidToken
+}
+
 // seenRequest is what the upstream received.
 type seenRequest struct {
 	Method string

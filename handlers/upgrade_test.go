@@ -51,42 +51,54 @@ func (u *h2cUpstream) seen() (headers []http.Header, protos []string) {
 }
 
 // TestProxyDropsUpgrade asks an h2c upstream for an upgrade through the
-// proxy in every way: the request must be served as plain HTTP/1.1, and the
-// upstream must never see an Upgrade.
+// proxy in every way, also on a route that allows WebSocket: the request
+// must be served as plain HTTP/1.1, and the upstream must never see an
+// Upgrade.
 func TestProxyDropsUpgrade(t *testing.T) {
 	u := &h2cUpstream{}
 	up := httptest.NewServer(u.handler())
 	t.Cleanup(up.Close)
-	srv := newBroker(t, ProxyConfig{Routes: mustRoutes(t, "/api="+up.URL)})
+	routes, err := AllowWebSocket(mustRoutes(t, "/api="+up.URL+",/ws="+up.URL), "/ws", TunnelPolicy{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := newBroker(t, ProxyConfig{Routes: routes})
 
 	const settings = "HTTP2-Settings: AAMAAABkAARAAAAAAAIAAAAA\r\n"
-	for name, headers := range map[string]string{
-		"h2c, settings named":        "Connection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\n" + settings,
-		"h2c, settings not named":    "Connection: Upgrade\r\nUpgrade: h2c\r\n" + settings,
-		"h2c, lower case":            "Connection: upgrade\r\nUpgrade: h2c\r\n" + settings,
-		"h2c without Connection":     "Upgrade: h2c\r\n" + settings,
-		"websocket on a plain route": "Connection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n",
-		"several protocols":          "Connection: Upgrade\r\nUpgrade: h2c, websocket\r\n" + settings,
-	} {
-		t.Run(name, func(t *testing.T) {
-			before, _ := u.seen()
-			resp, body := rawRequest(t, srv, "GET /api/x HTTP/1.1\r\nHost: broker\r\nAuthorization: Bearer "+testHandle+"\r\n"+headers+"\r\n")
-			if resp.StatusCode != http.StatusOK || string(body) != "ok" {
-				t.Fatalf("GET with %s = %d %q, want 200 %q without a switch of protocols", name, resp.StatusCode, body, "ok")
-			}
-			headers, protos := u.seen()
-			if len(headers) != len(before)+1 {
-				t.Fatalf("the upstream received %d requests, want 1", len(headers)-len(before))
-			}
-			got := headers[len(headers)-1]
-			for _, k := range []string{"Upgrade", "Connection", "Http2-Settings"} {
-				if v, ok := got[k]; ok {
-					t.Errorf("the upstream received %s: %q", k, v)
+	tests := []struct {
+		name, headers string
+		paths         []string
+	}{
+		{"h2c, settings named", "Connection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\n" + settings, []string{"/api/x", "/ws/x"}},
+		{"h2c, settings not named", "Connection: Upgrade\r\nUpgrade: h2c\r\n" + settings, []string{"/api/x", "/ws/x"}},
+		{"h2c, lower case", "Connection: upgrade\r\nUpgrade: h2c\r\n" + settings, []string{"/api/x", "/ws/x"}},
+		{"h2c without Connection", "Upgrade: h2c\r\n" + settings, []string{"/api/x", "/ws/x"}},
+		{"several protocols", "Connection: Upgrade\r\nUpgrade: h2c, websocket\r\n" + settings, []string{"/api/x", "/ws/x"}},
+		{"websocket and h2c headers", "Connection: Upgrade\r\nUpgrade: websocket\r\nUpgrade: h2c\r\n" + settings, []string{"/api/x", "/ws/x"}},
+		{"websocket on a route without it", "Connection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n", []string{"/api/x"}},
+	}
+	for _, tt := range tests {
+		for _, path := range tt.paths {
+			t.Run(tt.name+" "+path, func(t *testing.T) {
+				before, _ := u.seen()
+				resp, body := rawRequest(t, srv, "GET "+path+" HTTP/1.1\r\nHost: broker\r\nAuthorization: Bearer "+testHandle+"\r\n"+tt.headers+"\r\n")
+				if resp.StatusCode != http.StatusOK || string(body) != "ok" {
+					t.Fatalf("GET %s with %s = %d %q, want 200 %q without a switch of protocols", path, tt.name, resp.StatusCode, body, "ok")
 				}
-			}
-			if p := protos[len(protos)-1]; p != "HTTP/1.1" {
-				t.Errorf("the upstream served the request over %s, want HTTP/1.1", p)
-			}
-		})
+				headers, protos := u.seen()
+				if len(headers) != len(before)+1 {
+					t.Fatalf("the upstream received %d requests, want 1", len(headers)-len(before))
+				}
+				got := headers[len(headers)-1]
+				for _, k := range []string{"Upgrade", "Connection", "Http2-Settings"} {
+					if v, ok := got[k]; ok {
+						t.Errorf("the upstream received %s: %q", k, v)
+					}
+				}
+				if p := protos[len(protos)-1]; p != "HTTP/1.1" {
+					t.Errorf("the upstream served the request over %s, want HTTP/1.1", p)
+				}
+			})
+		}
 	}
 }
