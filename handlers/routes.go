@@ -14,6 +14,7 @@ func (s *Server) routes() {
 	v1.GET("/userinfo", s.userInfo, s.limitInvalidHandles)
 	v1.POST("/backchannel-logout", s.backchannelLogout)
 
+	s.cfg.Proxy.useMetrics(s.metrics)
 	for _, r := range s.cfg.Proxy.Routes() {
 		pub.Any(r.Prefix, s.cfg.Proxy.Handler, s.limitInvalidHandles)
 		pub.Any(r.Prefix+"/*", s.cfg.Proxy.Handler, s.limitInvalidHandles)

@@ -37,6 +37,11 @@ type config struct {
 	TrustedProxies  trustedCIDRs `env:"BROKER_TRUSTED_PROXIES"`
 	RateExchange    rateLimit    `env:"BROKER_RATE_LIMIT_EXCHANGE" envDefault:"10/s"`
 	RateInvalid     rateLimit    `env:"BROKER_RATE_LIMIT_INVALID" envDefault:"20/s"`
+	// WebSocketRoutes lists the route prefixes that accept WebSocket
+	// upgrades; unset durations take the handlers package's defaults.
+	WebSocketRoutes        string   `env:"BROKER_WEBSOCKET_ROUTES"`
+	WebSocketMaxLifetime   duration `env:"BROKER_WEBSOCKET_MAX_LIFETIME"`
+	WebSocketCheckInterval duration `env:"BROKER_WEBSOCKET_CHECK_INTERVAL"`
 	// TLSCert and TLSKey, both or neither, serve the public listener over
 	// TLS (HTTP/2 by ALPN) from PEM files.
 	TLSCert string `env:"BROKER_TLS_CERT"`
@@ -164,9 +169,24 @@ func loadConfig(getenv func(string) string, requireKeys bool) (*config, error) {
 		{"MaxLifetime", time.Duration(cfg.MaxLifetime)},
 		{"RefreshSkew", time.Duration(cfg.RefreshSkew)},
 		{"UpstreamTimeout", time.Duration(cfg.UpstreamTimeout)},
+		{"WebSocketMaxLifetime", time.Duration(cfg.WebSocketMaxLifetime)},
+		{"WebSocketCheckInterval", time.Duration(cfg.WebSocketCheckInterval)},
 	} {
 		if name := envName(d.field); environ[name] != "" && !invalid[name] && d.v <= 0 {
 			problems = append(problems, envName(d.field)+" must be a positive duration such as 30s or 720h")
+		}
+	}
+	if cfg.WebSocketRoutes != "" && len(cfg.Routes) > 0 {
+		policy := handlers.TunnelPolicy{
+			MaxLifetime:   time.Duration(cfg.WebSocketMaxLifetime),
+			CheckInterval: time.Duration(cfg.WebSocketCheckInterval),
+		}
+		routes, err := handlers.AllowWebSocket(cfg.Routes, cfg.WebSocketRoutes, policy)
+		if err != nil {
+			// AllowWebSocket names entries by position, never by value.
+			problems = append(problems, "BROKER_WEBSOCKET_ROUTES is invalid, it lists prefixes of BROKER_ROUTES: "+strings.ReplaceAll(err.Error(), "\n", "; "))
+		} else {
+			cfg.Routes = routes
 		}
 	}
 	if cfg.Issuer != "" {
