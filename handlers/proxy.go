@@ -204,6 +204,7 @@ type Proxy struct {
 	rp      *httputil.ReverseProxy
 	tracer  trace.Tracer // nil without tracing
 	metrics *Metrics     // nil until useMetrics
+	tunnels tunnelSet
 }
 
 // NewProxy validates cfg and builds the proxy.

@@ -120,6 +120,7 @@ var (
 	errTunnelSessionEnded = errors.New("the session ended")
 	errTunnelLifetime     = errors.New("the tunnel reached its maximum lifetime")
 	errTunnelUnchecked    = errors.New("the session could not be checked")
+	errTunnelShutdown     = errors.New("the broker is shutting down")
 )
 
 const (
@@ -127,9 +128,10 @@ const (
 	reasonSessionEnded = "session_ended"
 	reasonLifetime     = "max_lifetime"
 	reasonUnchecked    = "check_failed"
+	reasonShutdown     = "shutdown"
 )
 
-var tunnelCloseReasons = []string{reasonClosed, reasonSessionEnded, reasonLifetime, reasonUnchecked}
+var tunnelCloseReasons = []string{reasonClosed, reasonSessionEnded, reasonLifetime, reasonUnchecked, reasonShutdown}
 
 func closeReason(cause error) string {
 	switch {
@@ -139,6 +141,8 @@ func closeReason(cause error) string {
 		return reasonLifetime
 	case errors.Is(cause, errTunnelUnchecked):
 		return reasonUnchecked
+	case errors.Is(cause, errTunnelShutdown):
+		return reasonShutdown
 	}
 	return reasonClosed
 }
@@ -175,6 +179,8 @@ func (p *Proxy) serveTunnel(w http.ResponseWriter, r *http.Request, t *target) {
 	defer cancel(nil)
 	tn := &tunnel{policy: *t.route.WebSocket, cancel: cancel, rc: http.NewResponseController(w), watched: make(chan struct{})}
 	t.tunnel = tn
+	p.tunnels.add(tn)
+	defer p.tunnels.remove(tn)
 	p.rp.ServeHTTP(w, r.WithContext(ctx))
 
 	openedAt, ok := tn.opened()
@@ -187,6 +193,41 @@ func (p *Proxy) serveTunnel(w http.ResponseWriter, r *http.Request, t *target) {
 	p.metrics.tunnelClosed(reason)
 	p.log.InfoContext(r.Context(), "websocket tunnel closed", "route", t.route.Prefix, "session_id", t.sessionID,
 		"reason", reason, "duration_s", time.Since(openedAt).Seconds())
+}
+
+// CloseTunnels closes every open tunnel. http.Server.Shutdown does not wait
+// for hijacked connections, so serve registers it to run when shutdown
+// begins: clients reconnect to another replica rather than keep a tunnel
+// to a process that is going away.
+func (p *Proxy) CloseTunnels() { p.tunnels.closeAll(errTunnelShutdown) }
+
+// tunnelSet is the set of a proxy's tunnels in flight.
+type tunnelSet struct {
+	mu sync.Mutex
+	m  map[*tunnel]struct{}
+}
+
+func (ts *tunnelSet) add(tn *tunnel) {
+	ts.mu.Lock()
+	defer ts.mu.Unlock()
+	if ts.m == nil {
+		ts.m = map[*tunnel]struct{}{}
+	}
+	ts.m[tn] = struct{}{}
+}
+
+func (ts *tunnelSet) remove(tn *tunnel) {
+	ts.mu.Lock()
+	defer ts.mu.Unlock()
+	delete(ts.m, tn)
+}
+
+func (ts *tunnelSet) closeAll(cause error) {
+	ts.mu.Lock()
+	defer ts.mu.Unlock()
+	for tn := range ts.m {
+		tn.cancel(cause)
+	}
 }
 
 // errUnaskedUpgrade is the error of an upstream that switches protocols

@@ -75,6 +75,7 @@ func (u *wsUpstream) requests() []seenRequest {
 // tunnelBroker is a broker with WebSocket routes, its metrics and its log.
 type tunnelBroker struct {
 	*httptest.Server
+	proxy   *Proxy
 	metrics *Metrics
 	logs    *syncBuffer
 }
@@ -101,7 +102,7 @@ func newTunnelBroker(t *testing.T, up *wsUpstream, tokens AccessTokens, policy T
 	}
 	srv := httptest.NewServer(e)
 	t.Cleanup(srv.Close)
-	return &tunnelBroker{Server: srv, metrics: m, logs: logs}
+	return &tunnelBroker{Server: srv, proxy: p, metrics: m, logs: logs}
 }
 
 // dial opens a WebSocket through the broker with the test handle.
@@ -293,6 +294,23 @@ func TestProxyWebSocketMaxLifetime(t *testing.T) {
 		t.Errorf("the tunnel closed after %v, before its %v lifetime", age, lifetime)
 	}
 	eventually(t, 5*time.Second, "the close to be counted", func() bool { return b.closed(t, reasonLifetime) == 1 })
+	eventually(t, 5*time.Second, "the upstream to see the close", func() bool { return up.open.Load() == 0 })
+}
+
+// Shutdown closes open tunnels: the server's own shutdown does not see
+// hijacked connections, and a tunnel to a process going away would hold it.
+func TestProxyWebSocketClosedAtShutdown(t *testing.T) {
+	up := newWSUpstream(t)
+	b := newTunnelBroker(t, up, fakeTokens{}, TunnelPolicy{MaxLifetime: time.Hour, CheckInterval: time.Hour})
+	ws, err := b.dial("/ws/chat")
+	if err != nil {
+		t.Fatalf("dial: %v", err)
+	}
+	defer ws.Close()
+	echoOnce(t, ws, "hello")
+	b.proxy.CloseTunnels()
+	closedWithin(t, ws, 5*time.Second)
+	eventually(t, 5*time.Second, "the close to be counted", func() bool { return b.closed(t, reasonShutdown) == 1 })
 	eventually(t, 5*time.Second, "the upstream to see the close", func() bool { return up.open.Load() == 0 })
 }
 
