@@ -312,7 +312,7 @@ func TestRedisKilledMidAdminRevoke(t *testing.T) {
 			return nil, err
 		}
 		e.redis.Stop(t)
-		return nil, storeUnavailable
+		return nil, errStoreUnavailable
 	}
 	if err := a.RevokeSession(ctx, id, "secops"); broker.ErrorCode(err) != broker.CodeStoreUnavailable {
 		t.Fatalf("RevokeSession with Redis dying = %v, want store_unavailable", err)
@@ -411,7 +411,9 @@ func TestBackchannelRedeliveredAfterStoreFailure(t *testing.T) {
 	ctx := context.Background()
 	tok := e.logoutToken(devidp.DemoSubject)
 
-	fs.end = func(context.Context, string, broker.EndReason) (*broker.Ending, error) { return nil, storeUnavailable }
+	fs.end = func(context.Context, string, broker.EndReason) (*broker.Ending, error) {
+		return nil, errStoreUnavailable
+	}
 	if _, err := a.BackchannelLogout(ctx, tok); broker.ErrorCode(err) != broker.CodeStoreUnavailable {
 		t.Fatalf("delivery with the store failing = %v, want store_unavailable", err)
 	}

@@ -243,9 +243,9 @@ func (f *faultyStore) End(ctx context.Context, id string, why broker.EndReason) 
 	return f.Store.End(ctx, id, why)
 }
 
-// storeUnavailable is the error the real store gives when Redis does not
+// errStoreUnavailable is the error the real store gives when Redis does not
 // answer.
-var storeUnavailable = fmt.Errorf("injected: %w", broker.ErrStoreUnavailable)
+var errStoreUnavailable = fmt.Errorf("injected: %w", broker.ErrStoreUnavailable)
 
 // signLogoutToken signs a logout token with the IdP's own key, as the IdP
 // sends it to the back-channel endpoint.
