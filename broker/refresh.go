@@ -448,7 +448,13 @@ func (s *Service) redeemRefresh(ctx context.Context, sess *Session) (Tokens, err
 		vctx, cancel := context.WithTimeout(ctx, s.cfg.IdPTimeout)
 		idt, err := d.refreshVerifier.Verify(s.clientContext(vctx), rawID)
 		cancel()
-		if err != nil || idt.Subject != sess.Subject {
+		if err == nil {
+			err = s.checkIDToken(idt)
+		}
+		if err == nil && idt.Subject != sess.Subject {
+			err = errors.New("the ID token's sub is not the session's")
+		}
+		if err != nil {
 			s.log.WarnContext(ctx, "ignoring an ID token from a refresh that failed verification", "session_id", sess.ID, "error", err)
 		} else {
 			next.IDToken = rawID

@@ -261,6 +261,9 @@ func (s *Service) verifyExchange(ctx context.Context, d *idp, tok *oauth2.Token,
 		return nil, "", Errorf(CodeInvalidGrant, "the identity provider returned no ID token")
 	}
 	idt, err := d.verifier.Verify(s.clientContext(ctx), rawID)
+	if err == nil {
+		err = s.checkIDToken(idt)
+	}
 	if err != nil {
 		return nil, "", wrap(CodeInvalidGrant, err, "the ID token failed verification")
 	}
