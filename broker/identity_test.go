@@ -1,9 +1,20 @@
 package broker_test
 
 import (
+	"context"
+	"crypto/rand"
+	"crypto/rsa"
+	"encoding/json"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
+
+	jose "github.com/go-jose/go-jose/v4"
+
+	"github.com/mobile-token-broker/broker/broker"
+	"github.com/mobile-token-broker/broker/internal/devidp"
 )
 
 // A refreshed ID token that fails the checks of a code grant's ID token is
@@ -51,5 +62,127 @@ func TestRefreshedIDTokenChecks(t *testing.T) {
 				t.Errorf("the log says %d times that the refreshed ID token was ignored, want once", n)
 			}
 		})
+	}
+}
+
+// signJWT signs claims with RS256 under key, with the kid header unless
+// kid is empty.
+func signJWT(t *testing.T, key *rsa.PrivateKey, kid string, claims map[string]any) string {
+	t.Helper()
+	opts := (&jose.SignerOptions{}).WithType("logout+jwt")
+	if kid != "" {
+		opts = opts.WithHeader("kid", kid)
+	}
+	signer, err := jose.NewSigner(jose.SigningKey{Algorithm: jose.RS256, Key: key}, opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	payload, err := json.Marshal(claims)
+	if err != nil {
+		t.Fatal(err)
+	}
+	jws, err := signer.Sign(payload)
+	if err != nil {
+		t.Fatal(err)
+	}
+	raw, err := jws.CompactSerialize()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return raw
+}
+
+// logoutClaims are the claims of a valid logout token for sub.
+func (e *env) logoutClaims(sub string) map[string]any {
+	return map[string]any{
+		"iss":    e.idp.Issuer(),
+		"aud":    e.idp.ClientID(),
+		"iat":    e.clock.Now().Unix(),
+		"jti":    rand.Text(),
+		"sub":    sub,
+		"events": map[string]any{"http://schemas.openid.net/event/backchannel-logout": map[string]any{}},
+	}
+}
+
+// A flood of badly signed logout tokens costs the IdP at most one JWKS
+// fetch per interval, whether they name the IdP's key, an unknown one or
+// none; a token signed with a key the IdP rotated in is accepted after one
+// fetch.
+func TestKeyRefetch(t *testing.T) {
+	e := newEnv(t, time.Hour)
+	a := e.replica(replicaOptions{})
+	ns := e.login(a)
+	if n := e.idp.KeySetFetches(); n != 1 {
+		t.Fatalf("%d JWKS fetches after the first sign-in, want 1", n)
+	}
+	forged, err := rsa.GenerateKey(rand.Reader, 2048)
+	if err != nil {
+		t.Fatal(err)
+	}
+	flood := func(what string, n int) {
+		t.Helper()
+		_, kid := e.idp.SigningKey()
+		before := e.idp.KeySetFetches()
+		var wg sync.WaitGroup
+		var accepted atomic.Int32
+		tokens := make(chan string)
+		for range 8 {
+			wg.Go(func() {
+				for tok := range tokens {
+					if _, err := a.BackchannelLogout(context.Background(), tok); broker.ErrorCode(err) != broker.CodeInvalidRequest {
+						accepted.Add(1)
+					}
+				}
+			})
+		}
+		for i := range n {
+			claims := e.logoutClaims(devidp.DemoSubject)
+			switch i % 3 {
+			case 0: // the IdP's kid, another key's signature
+				tokens <- signJWT(t, forged, kid, claims)
+			case 1: // a kid the IdP does not publish
+				tokens <- signJWT(t, forged, "unknown-"+rand.Text(), claims)
+			case 2: // no kid
+				tokens <- signJWT(t, forged, "", claims)
+			}
+		}
+		close(tokens)
+		wg.Wait()
+		if n := accepted.Load(); n != 0 {
+			t.Fatalf("%s: %d badly signed logout tokens were not refused as invalid_request", what, n)
+		}
+		if got := e.idp.KeySetFetches() - before; got > 1 {
+			t.Errorf("%s: %d badly signed logout tokens made %d JWKS fetches, want at most 1", what, n, got)
+		}
+	}
+
+	flood("right after the sign-in", 300)
+	e.clock.Advance(time.Minute + time.Second)
+	flood("a minute later", 300)
+
+	// The IdP rotates its key once the interval has passed: a logout token
+	// signed with the new key costs one fetch and is accepted.
+	e.clock.Advance(time.Minute + time.Second)
+	key, kid, err := e.idp.RotateSigningKey()
+	if err != nil {
+		t.Fatal(err)
+	}
+	before := e.idp.KeySetFetches()
+	n, err := a.BackchannelLogout(context.Background(), signJWT(t, key, kid, e.logoutClaims(devidp.DemoSubject)))
+	if err != nil || n != 1 {
+		t.Fatalf("logout token signed with the rotated-in key = %d, %v; want 1 session ended", n, err)
+	}
+	if got := e.idp.KeySetFetches() - before; got != 1 {
+		t.Errorf("the rotated-in key cost %d JWKS fetches, want 1", got)
+	}
+	if _, err := accessToken(a, ns.Handle); !isInvalidToken(err) {
+		t.Errorf("AccessToken after the logout = %v, want invalid_token", err)
+	}
+	// ID tokens signed with the new key verify without another fetch, and
+	// the old key's kid is still known.
+	e.login(a)
+	flood("after the rotation", 150)
+	if got := e.idp.KeySetFetches() - before; got != 1 {
+		t.Errorf("%d JWKS fetches since the rotation, want 1", got)
 	}
 }
