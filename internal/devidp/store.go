@@ -219,7 +219,7 @@ func (s *store) CreateAccessToken(ctx context.Context, req op.TokenRequest) (str
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	return id, s.rememberAccess(id, req, clientIDOf(req)), nil
+	return id, reported(s.rememberAccess(id, req, clientIDOf(req))), nil
 }
 
 // CreateAccessAndRefreshTokens issues an access token and a refresh token.
@@ -258,7 +258,16 @@ func (s *store) CreateAccessAndRefreshTokens(ctx context.Context, req op.TokenRe
 	if sid != "" {
 		s.sids[next] = sid
 	}
-	return accessID, next, expires, nil
+	return accessID, next, reported(expires), nil
+}
+
+// reported is the expiry of an access token as the OP is told it. The OP
+// answers expires_in with the whole seconds left when it writes the
+// response, rounded down: a lifetime of N seconds would read N-1, and one
+// second no expiry at all. Told a moment under a second later, it answers
+// the configured lifetime; the token still expires at expires.
+func reported(expires time.Time) time.Time {
+	return expires.Add(time.Second - time.Millisecond)
 }
 
 // rememberAccess records an issued access token and returns its expiry.
