@@ -297,3 +297,38 @@ func TestRefreshBackoffs(t *testing.T) {
 		t.Error("the new entry was dropped")
 	}
 }
+
+func TestFresh(t *testing.T) {
+	t0 := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	s := &Service{cfg: Config{RefreshSkew: 10 * time.Second}}
+	tests := []struct {
+		name     string
+		lifetime time.Duration // zero: no expiry
+		age      time.Duration // since the tokens were received
+		unknown  bool          // a record without IssuedAt
+		want     bool
+	}{
+		{"no expiry", 0, time.Hour, false, true},
+		{"more than the skew left", time.Hour, 50 * time.Minute, false, true},
+		{"less than the skew left", time.Hour, time.Hour - 9*time.Second, false, false},
+		{"short-lived, young", 4 * time.Second, 1900 * time.Millisecond, false, true},
+		{"short-lived, half its lifetime old", 4 * time.Second, 2 * time.Second, false, false},
+		{"very short-lived, younger than a second", 600 * time.Millisecond, 500 * time.Millisecond, false, true},
+		{"very short-lived, expired", 600 * time.Millisecond, 700 * time.Millisecond, false, false},
+		{"short-lived, issue time unknown", 4 * time.Second, time.Second, true, false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			tok := Tokens{IssuedAt: t0}
+			if tt.lifetime > 0 {
+				tok.Expiry = t0.Add(tt.lifetime)
+			}
+			if tt.unknown {
+				tok.IssuedAt = time.Time{}
+			}
+			if got := s.fresh(tok, t0.Add(tt.age)); got != tt.want {
+				t.Errorf("fresh(lifetime %v, age %v) = %v, want %v", tt.lifetime, tt.age, got, tt.want)
+			}
+		})
+	}
+}

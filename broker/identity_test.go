@@ -186,3 +186,51 @@ func TestKeyRefetch(t *testing.T) {
 		t.Errorf("%d JWKS fetches since the rotation, want 1", got)
 	}
 }
+
+// Access tokens that live shorter than the refresh skew are never "fresh":
+// each request used to refresh its session (6 sessions made 5,018 IdP
+// refreshes in 40 s). They are refreshed at most once per half lifetime
+// (at least a second), on every replica alike, and the broker says once
+// why.
+func TestTokensShorterThanTheSkew(t *testing.T) {
+	e := newEnv(t, time.Second)
+	skew := func(c *broker.Config) { c.RefreshSkew = 10 * time.Second }
+	a, b := e.replica(replicaOptions{config: skew}), e.replica(replicaOptions{config: skew})
+	sessions := []*broker.NewSession{e.login(a), e.login(b)}
+	before := e.idp.Count(devidp.GrantRefreshToken)
+	start := time.Now()
+	const run = 3 * time.Second
+	var wg sync.WaitGroup
+	var requests atomic.Int32
+	for w := range 8 {
+		wg.Go(func() {
+			r := []*replica{a, b}[w%2]
+			ns := sessions[w/2%2]
+			for time.Since(start) < run {
+				requests.Add(1)
+				if _, err := accessToken(r, ns.Handle); err != nil {
+					t.Errorf("AccessToken = %v", err)
+				}
+				time.Sleep(5 * time.Millisecond)
+			}
+		})
+	}
+	wg.Wait()
+	elapsed := time.Since(start)
+	refreshes := e.idp.Count(devidp.GrantRefreshToken) - before
+	t.Logf("%d requests over %v made %d refreshes", requests.Load(), elapsed.Round(time.Millisecond), refreshes)
+	// One refresh per session per second, and one more each for the
+	// seconds' edges.
+	if limit := len(sessions) * (int(elapsed/time.Second) + 2); refreshes > limit {
+		t.Errorf("%d requests over %v made %d refreshes, want at most %d (one per session per second)", requests.Load(), elapsed.Round(time.Millisecond), refreshes, limit)
+	}
+	if refreshes == 0 {
+		t.Error("no refresh: the 1 s access tokens were used past their expiry")
+	}
+	const warning = "access tokens that live shorter than the refresh skew"
+	for name, r := range map[string]*replica{"A": a, "B": b} {
+		if n := strings.Count(r.logs.String(), warning); n != 1 {
+			t.Errorf("replica %s warned %d times that tokens live shorter than the skew, want once", name, n)
+		}
+	}
+}

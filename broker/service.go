@@ -92,6 +92,9 @@ type Service struct {
 	stopWorker context.CancelFunc
 	// refreshClient is cfg.HTTPClient without its Timeout.
 	refreshClient *http.Client
+	// shortTokens is set once an access token that lives shorter than
+	// RefreshSkew was seen, so that the warning is logged once.
+	shortTokens atomic.Bool
 }
 
 // New validates cfg, fills in defaults and returns a Service whose outbox
@@ -295,9 +298,16 @@ func (s *Service) verifyExchange(ctx context.Context, d *idp, tok *oauth2.Token,
 // expiry is counted from expires_in on the broker's clock, which decides
 // every expiry, rather than on the wall clock x/oauth2 uses.
 func (s *Service) tokensFrom(tok *oauth2.Token, rawID string) Tokens {
+	now := s.cfg.Now()
 	expiry := tok.Expiry
 	if tok.ExpiresIn > 0 {
-		expiry = s.cfg.Now().Add(time.Duration(tok.ExpiresIn) * time.Second)
+		expiry = now.Add(time.Duration(tok.ExpiresIn) * time.Second)
+	}
+	if life := expiry.Sub(now); !expiry.IsZero() && life < s.cfg.RefreshSkew && s.shortTokens.CompareAndSwap(false, true) {
+		s.log.Warn("the identity provider issues access tokens that live shorter than the refresh skew: "+
+			"such a session is refreshed at most once per half lifetime (at least 1 s), not before every request; "+
+			"lower BROKER_REFRESH_SKEW below the tokens' lifetime or raise the lifetime at the identity provider",
+			"lifetime", life.Round(time.Millisecond), "refresh_skew", s.cfg.RefreshSkew)
 	}
 	return Tokens{
 		AccessToken:  tok.AccessToken,
@@ -305,6 +315,7 @@ func (s *Service) tokensFrom(tok *oauth2.Token, rawID string) Tokens {
 		RefreshToken: tok.RefreshToken,
 		IDToken:      rawID,
 		Expiry:       expiry,
+		IssuedAt:     now,
 	}
 }
 

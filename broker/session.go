@@ -94,6 +94,10 @@ type Tokens struct {
 	IDToken      string
 	// Expiry of the access token; zero when the IdP gave none.
 	Expiry time.Time
+	// IssuedAt is when the broker received them, on its clock; with
+	// Expiry it gives the access token's lifetime. Zero in records
+	// written before it was kept.
+	IssuedAt time.Time
 }
 
 // Handles.
