@@ -12,6 +12,7 @@ import (
 	"time"
 
 	jose "github.com/go-jose/go-jose/v4"
+	"golang.org/x/oauth2"
 
 	"github.com/mobile-token-broker/broker/broker"
 	"github.com/mobile-token-broker/broker/internal/devidp"
@@ -232,5 +233,27 @@ func TestTokensShorterThanTheSkew(t *testing.T) {
 		if n := strings.Count(r.logs.String(), warning); n != 1 {
 			t.Errorf("replica %s warned %d times that tokens live shorter than the skew, want once", name, n)
 		}
+	}
+}
+
+// An app may receive its code on a claimed https redirect (an iOS Universal
+// Link or Android App Link) as well as on a private-use URI scheme.
+func TestClaimedHTTPSRedirect(t *testing.T) {
+	const claimed = "https://app.example.com/oauth2redirect"
+	e := newEnvWith(t, devidp.Config{RedirectURIs: []string{redirectURI, claimed}})
+	a := e.replica(replicaOptions{config: func(c *broker.Config) { c.RedirectURIs = []string{redirectURI, claimed} }})
+	for _, uri := range []string{claimed, redirectURI} {
+		verifier := oauth2.GenerateVerifier()
+		code, err := e.idp.Login(context.Background(), devidp.LoginRequest{
+			RedirectURI: uri, CodeChallenge: oauth2.S256ChallengeFromVerifier(verifier), State: "st-" + rand.Text(),
+		})
+		if err != nil {
+			t.Fatalf("Login(%s): %v", uri, err)
+		}
+		ns, err := a.Exchange(context.Background(), broker.ExchangeRequest{Code: code, CodeVerifier: verifier, RedirectURI: uri})
+		if err != nil {
+			t.Fatalf("Exchange with redirect URI %s = %v, want a session", uri, err)
+		}
+		mustAccessToken(t, a, ns.Handle)
 	}
 }

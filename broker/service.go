@@ -111,6 +111,11 @@ func New(cfg Config) (*Service, error) {
 	if len(cfg.RedirectURIs) == 0 {
 		errs = append(errs, errors.New("at least one redirect URI is required"))
 	}
+	for i, uri := range cfg.RedirectURIs {
+		if err := CheckRedirectURI(uri); err != nil {
+			errs = append(errs, fmt.Errorf("redirect URI %d: %w", i+1, err))
+		}
+	}
 	if cfg.Store == nil || cfg.Locker == nil {
 		errs = append(errs, errors.New("a store and a locker are required"))
 	}
