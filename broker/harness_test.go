@@ -50,8 +50,14 @@ type env struct {
 
 func newEnv(t *testing.T, accessTokenTTL time.Duration) *env {
 	t.Helper()
+	return newEnvWith(t, devidp.Config{AccessTokenTTL: accessTokenTTL})
+}
+
+// newEnvWith is newEnv with an IdP configured as given.
+func newEnvWith(t *testing.T, idpConfig devidp.Config) *env {
+	t.Helper()
 	rs := redistest.Start(t)
-	idp, err := devidp.Start(devidp.Config{AccessTokenTTL: accessTokenTTL})
+	idp, err := devidp.Start(idpConfig)
 	if err != nil {
 		t.Fatalf("devidp.Start: %v", err)
 	}

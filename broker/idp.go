@@ -33,6 +33,8 @@ type idp struct {
 type discoveryClaims struct {
 	RevocationEndpoint       string   `json:"revocation_endpoint"`
 	TokenEndpointAuthMethods []string `json:"token_endpoint_auth_methods_supported"`
+	JWKSURI                  string   `json:"jwks_uri"`
+	IDTokenSigningAlgs       []string `json:"id_token_signing_alg_values_supported"`
 }
 
 // Discover loads the IdP's discovery document and keys endpoint. It is safe
@@ -55,14 +57,22 @@ func (s *Service) Discover(ctx context.Context) error {
 		if err := p.Claims(&dc); err != nil {
 			return nil, fmt.Errorf("decode discovery document: %w", err)
 		}
-		conf := &oidc.Config{ClientID: s.cfg.ClientID, Now: s.cfg.Now}
+		if dc.JWKSURI == "" {
+			return nil, errors.New("the discovery document has no jwks_uri")
+		}
+		// The verifiers share the broker's key set rather than go-oidc's,
+		// which fetches the keys again at every failed signature (see
+		// keySet). The issuer is the configured one: go-oidc has checked
+		// that discovery states exactly it.
+		keys := newKeySet(s.fetchJWKS(dc.JWKSURI), s.cfg.Now)
+		conf := &oidc.Config{ClientID: s.cfg.ClientID, Now: s.cfg.Now, SupportedSigningAlgs: idTokenAlgs(dc.IDTokenSigningAlgs)}
 		refreshConf := *conf
 		refreshConf.SkipExpiryCheck = true
 		d := &idp{
 			provider:        p,
-			verifier:        p.Verifier(conf),
-			refreshVerifier: p.Verifier(&refreshConf),
-			logoutVerifier:  p.Verifier(&refreshConf),
+			verifier:        oidc.NewVerifier(s.cfg.Issuer, keys, conf),
+			refreshVerifier: oidc.NewVerifier(s.cfg.Issuer, keys, &refreshConf),
+			logoutVerifier:  oidc.NewVerifier(s.cfg.Issuer, keys, &refreshConf),
 			endpoint:        p.Endpoint(),
 			revocationURL:   dc.RevocationEndpoint,
 			authStyle:       s.authStyle(dc.TokenEndpointAuthMethods),

@@ -14,6 +14,7 @@ import (
 	"github.com/caarlos0/env/v11"
 	"github.com/redis/go-redis/v9"
 
+	"github.com/mobile-token-broker/broker/broker"
 	"github.com/mobile-token-broker/broker/handlers"
 	"github.com/mobile-token-broker/broker/sessions"
 )
@@ -287,19 +288,23 @@ func (d *duration) UnmarshalText(b []byte) error {
 
 type redirectURIs []string
 
+// UnmarshalText takes private-use URI schemes and claimed https URIs (see
+// broker.CheckRedirectURI); a problem names the entry by its position.
 func (r *redirectURIs) UnmarshalText(b []byte) error {
 	var out []string
-	for _, raw := range strings.Split(string(b), ",") {
+	var problems []error
+	for i, raw := range strings.Split(string(b), ",") {
 		raw = strings.TrimSpace(raw)
 		if raw == "" {
 			continue
 		}
-		u, err := url.Parse(raw)
-		if err != nil || u.Scheme == "" || u.Fragment != "" {
-			// RFC 6749 section 3.1.2: an absolute URI without fragment.
-			return fmt.Errorf("%q is not an absolute URI without fragment", raw)
+		if err := broker.CheckRedirectURI(raw); err != nil {
+			problems = append(problems, fmt.Errorf("entry %d: %w", i+1, err))
 		}
 		out = append(out, raw)
+	}
+	if err := errors.Join(problems...); err != nil {
+		return err
 	}
 	if len(out) == 0 {
 		return errors.New("no redirect URI given")
