@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"sync"
+	"sync/atomic"
 )
 
 // The security team's use cases: list and end sessions centrally, read the
@@ -61,8 +62,12 @@ func (s *Service) RevokeSession(ctx context.Context, id, actor string) error {
 	if !errors.Is(err, ErrNotFound) {
 		return err
 	}
-	if ended, lerr := s.ended(ctx, id); lerr != nil || !ended {
-		return errors.Join(err, lerr)
+	ended, lerr := s.ended(ctx, id)
+	switch {
+	case lerr != nil:
+		return lerr
+	case !ended:
+		return err
 	}
 	return nil
 }
@@ -119,27 +124,34 @@ func (s *Service) RevokeUser(ctx context.Context, sub, actor string) (UserRevoca
 
 // settleAll revokes the refresh tokens of endings at the IdP with bounded
 // parallelism and records each ending whose revocation succeeded as done;
-// the others stay for the outbox. The caller writes the audit event. It
-// returns how many revocations failed.
+// the others stay for the outbox. Once one revocation failed, the IdP is
+// not called for the rest, which are left to the outbox too: a revoke-all
+// must not wait on a failing IdP once per session. The caller writes the
+// audit event. It returns how many revocations failed or were left.
 func (s *Service) settleAll(ctx context.Context, ended []*Ending) int {
-	d := s.idp.Load()
 	ctx = context.WithoutCancel(ctx)
 	var (
-		mu       sync.Mutex
-		failures int
-		wg       sync.WaitGroup
-		slots    = make(chan struct{}, idpRevokeParallelism)
+		failures  atomic.Int64
+		idpFailed atomic.Bool
+		wg        sync.WaitGroup
+		slots     = make(chan struct{}, idpRevokeParallelism)
 	)
 	for _, e := range ended {
 		slots <- struct{}{}
 		wg.Go(func() {
 			defer func() { <-slots }()
 			if !e.Session.Unreadable {
-				if _, err := s.revoke(ctx, d, e.Session.Tokens.RefreshToken); err != nil {
+				if idpFailed.Load() {
+					failures.Add(1)
+					return
+				}
+				rctx, cancel := context.WithTimeout(ctx, inlineRevokeWait)
+				_, err := s.revokeAt(rctx, e.Session.Tokens.RefreshToken)
+				cancel()
+				if err != nil {
 					s.log.Warn("revocation at the identity provider failed; the outbox retries it", "session_id", e.Session.ID, "error", err)
-					mu.Lock()
-					failures++
-					mu.Unlock()
+					idpFailed.Store(true)
+					failures.Add(1)
 					return
 				}
 			}
@@ -149,7 +161,7 @@ func (s *Service) settleAll(ctx context.Context, ended []*Ending) int {
 		})
 	}
 	wg.Wait()
-	return failures
+	return int(failures.Load())
 }
 
 // Audit returns up to limit audit events, newest first.

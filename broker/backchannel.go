@@ -52,40 +52,9 @@ func (s *Service) BackchannelLogout(ctx context.Context, rawToken string) (int, 
 	if err != nil {
 		return 0, err
 	}
-	// Section 2.6 steps 1-3: signature against the IdP's keys, iss and aud,
-	// as for an ID token. A logout token need not carry exp.
-	tok, err := d.logoutVerifier.Verify(s.clientContext(ctx), rawToken)
+	c, err := s.validateLogoutToken(ctx, d, rawToken)
 	if err != nil {
-		s.log.WarnContext(ctx, "logout token rejected", "reason", err)
-		return 0, errLogoutToken("signature, issuer or audience")
-	}
-	var c logoutClaims
-	if err := tok.Claims(&c); err != nil {
-		return 0, errLogoutToken("claims cannot be read")
-	}
-	now := s.cfg.Now()
-	switch {
-	case c.IssuedAt == nil:
-		return 0, errLogoutToken("no iat")
-	case now.Sub(time.Unix(*c.IssuedAt, 0)) > logoutTokenMaxAge:
-		return 0, errLogoutToken("iat is too old")
-	case time.Unix(*c.IssuedAt, 0).Sub(now) > logoutTokenSkew:
-		return 0, errLogoutToken("iat is in the future")
-	case c.Expiry != nil && !now.Before(time.Unix(*c.Expiry, 0).Add(logoutTokenSkew)):
-		return 0, errLogoutToken("expired")
-	case !isJSONObject(c.Events[backchannelEvent]):
-		// Section 2.6 step 4: events must hold the back-channel logout
-		// member, whose value is a JSON object.
-		return 0, errLogoutToken("no back-channel logout event")
-	case c.Nonce != nil:
-		// Section 2.6 step 7: a nonce must not be present, so that an ID
-		// token cannot pass for a logout token.
-		return 0, errLogoutToken("a nonce is present")
-	case c.SID == "" && c.Subject == "":
-		// Section 2.6 step 5.
-		return 0, errLogoutToken("neither sid nor sub")
-	case c.JTI == "":
-		return 0, errLogoutToken("no jti")
+		return 0, err
 	}
 	// Section 2.6 step 8 (optional, done here): refuse a jti seen before on
 	// any replica. The jti is recorded only after the sessions have ended,
@@ -125,12 +94,55 @@ func (s *Service) BackchannelLogout(ctx context.Context, rawToken string) (int, 
 		}
 	}
 	if _, err := s.cfg.Replay.FirstUse(ctx, jti, logoutTokenMaxAge+2*logoutTokenSkew); err != nil {
-		// The sessions are ended; a replay of this token could only end
-		// the same ones again.
+		// The sessions are ended. A replay within the token's age limit
+		// would be accepted: it ends the same sessions again, and, for a
+		// token with only sub, also any the user opened since.
 		s.log.WarnContext(ctx, "recording a used logout token failed", "error", err)
 	}
 	s.log.InfoContext(ctx, "back-channel logout", "sid_given", c.SID != "", "sub", c.Subject, "sessions_ended", ended)
 	return ended, nil
+}
+
+// validateLogoutToken checks a logout token as section 2.6 steps 1-7 ask,
+// all but the replay check of step 8, and returns its claims. It refuses
+// with a CodeInvalidRequest error.
+func (s *Service) validateLogoutToken(ctx context.Context, d *idp, rawToken string) (logoutClaims, error) {
+	// Section 2.6 steps 1-3: signature against the IdP's keys, iss and aud,
+	// as for an ID token. A logout token need not carry exp.
+	tok, err := d.logoutVerifier.Verify(s.clientContext(ctx), rawToken)
+	if err != nil {
+		s.log.WarnContext(ctx, "logout token rejected", "reason", err)
+		return logoutClaims{}, errLogoutToken("signature, issuer or audience")
+	}
+	var c logoutClaims
+	if err := tok.Claims(&c); err != nil {
+		return logoutClaims{}, errLogoutToken("claims cannot be read")
+	}
+	now := s.cfg.Now()
+	switch {
+	case c.IssuedAt == nil:
+		return logoutClaims{}, errLogoutToken("no iat")
+	case now.Sub(time.Unix(*c.IssuedAt, 0)) > logoutTokenMaxAge:
+		return logoutClaims{}, errLogoutToken("iat is too old")
+	case time.Unix(*c.IssuedAt, 0).Sub(now) > logoutTokenSkew:
+		return logoutClaims{}, errLogoutToken("iat is in the future")
+	case c.Expiry != nil && !now.Before(time.Unix(*c.Expiry, 0).Add(logoutTokenSkew)):
+		return logoutClaims{}, errLogoutToken("expired")
+	case !isJSONObject(c.Events[backchannelEvent]):
+		// Section 2.6 step 4: events must hold the back-channel logout
+		// member, whose value is a JSON object.
+		return logoutClaims{}, errLogoutToken("no back-channel logout event")
+	case c.Nonce != nil:
+		// Section 2.6 step 7: a nonce must not be present, so that an ID
+		// token cannot pass for a logout token.
+		return logoutClaims{}, errLogoutToken("a nonce is present")
+	case c.SID == "" && c.Subject == "":
+		// Section 2.6 step 5.
+		return logoutClaims{}, errLogoutToken("neither sid nor sub")
+	case c.JTI == "":
+		return logoutClaims{}, errLogoutToken("no jti")
+	}
+	return c, nil
 }
 
 func isJSONObject(raw json.RawMessage) bool {

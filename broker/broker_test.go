@@ -62,6 +62,68 @@ func TestHandles(t *testing.T) {
 	}
 }
 
+// Ids and handles are accepted in one spelling only: Go's base64 decoder
+// skips CR and LF and ignores the unused bits of the last character, so
+// each of these decodes to bytes of a valid id or secret.
+func TestCanonicalIDs(t *testing.T) {
+	id, handle, _, err := newHandle()
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, secret, _ := strings.Cut(handle, ".")
+	ids := []struct {
+		name, id string
+	}{
+		{"CR LF inside", id[:10] + "\r\n" + id[10:20]},
+		{"CR LF at the end", id[:20] + "\r\n"},
+		{"LF only", id[:18] + "\n\n\n\n"},
+		{"CR at the start", "\r\r\r\r" + id[:18]},
+		{"non-zero padding bits", withPaddingBits(id)},
+		{"standard alphabet", id[:21] + "+"},
+		{"padding character", id[:20] + "=="},
+		{"space", id[:21] + " "},
+		{"NUL", id[:21] + "\x00"},
+		{"non-ASCII", id[:19] + "\u00e9A"},
+	}
+	for _, tt := range ids {
+		t.Run("id "+tt.name, func(t *testing.T) {
+			if ValidSessionID(tt.id) {
+				t.Errorf("ValidSessionID(%q) = true, want false", tt.id)
+			}
+			if _, _, ok := parseHandle(tt.id + "." + secret); ok {
+				t.Errorf("parseHandle(%q + secret) = ok, want rejected", tt.id)
+			}
+		})
+	}
+	secrets := []struct {
+		name, secret string
+	}{
+		{"CR LF inside", secret[:20] + "\r\n\r" + secret[20:40]},
+		{"CR LF CR at the end", secret[:40] + "\r\n\r"},
+		{"non-zero padding bits", withPaddingBits(secret)},
+		{"standard alphabet", secret[:42] + "/"},
+	}
+	for _, tt := range secrets {
+		t.Run("secret "+tt.name, func(t *testing.T) {
+			if _, _, ok := parseHandle(id + "." + tt.secret); ok {
+				t.Errorf("parseHandle(id + %q) = ok, want rejected", tt.secret)
+			}
+		})
+	}
+	if !ValidSessionID(id) {
+		t.Errorf("ValidSessionID(%q) = false for a new id", id)
+	}
+}
+
+// withPaddingBits sets the lowest unused bit of the last character of a
+// canonical unpadded base64url string whose length is not a multiple of 4,
+// so that it decodes to the same bytes in another spelling.
+func withPaddingBits(s string) string {
+	const alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+	last := strings.IndexByte(alphabet, s[len(s)-1])
+	return s[:len(s)-1] + string(alphabet[last^1])
+}
+
 func TestSessionExpiry(t *testing.T) {
 	t0 := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
 	tests := []struct {
@@ -233,5 +295,40 @@ func TestRefreshBackoffs(t *testing.T) {
 	}
 	if !b.active("new", t0.Add(time.Minute)) {
 		t.Error("the new entry was dropped")
+	}
+}
+
+func TestFresh(t *testing.T) {
+	t0 := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	s := &Service{cfg: Config{RefreshSkew: 10 * time.Second}}
+	tests := []struct {
+		name     string
+		lifetime time.Duration // zero: no expiry
+		age      time.Duration // since the tokens were received
+		unknown  bool          // a record without IssuedAt
+		want     bool
+	}{
+		{"no expiry", 0, time.Hour, false, true},
+		{"more than the skew left", time.Hour, 50 * time.Minute, false, true},
+		{"less than the skew left", time.Hour, time.Hour - 9*time.Second, false, false},
+		{"short-lived, young", 4 * time.Second, 1900 * time.Millisecond, false, true},
+		{"short-lived, half its lifetime old", 4 * time.Second, 2 * time.Second, false, false},
+		{"very short-lived, younger than a second", 600 * time.Millisecond, 500 * time.Millisecond, false, true},
+		{"very short-lived, expired", 600 * time.Millisecond, 700 * time.Millisecond, false, false},
+		{"short-lived, issue time unknown", 4 * time.Second, time.Second, true, false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			tok := Tokens{IssuedAt: t0}
+			if tt.lifetime > 0 {
+				tok.Expiry = t0.Add(tt.lifetime)
+			}
+			if tt.unknown {
+				tok.IssuedAt = time.Time{}
+			}
+			if got := s.fresh(tok, t0.Add(tt.age)); got != tt.want {
+				t.Errorf("fresh(lifetime %v, age %v) = %v, want %v", tt.lifetime, tt.age, got, tt.want)
+			}
+		})
 	}
 }

@@ -27,6 +27,10 @@ const (
 	revokeGiveUp = time.Hour
 	// outboxBatch bounds the endings one pass takes.
 	outboxBatch = 100
+	// inlineRevokeWait bounds the revocation a request that ended a session
+	// waits for: the end is already durable, and a revocation that does not
+	// finish in time is the outbox's to retry.
+	inlineRevokeWait = 2 * time.Second
 )
 
 // end ends a session for the reason given and does what the end owes at
@@ -67,7 +71,13 @@ func (s *Service) finish(ctx context.Context, e *Ending, byWorker bool) (revokeF
 	case sess.Unreadable:
 		note("the record could not be read, so no refresh token was revoked at the identity provider")
 	case e.Why.RevokeAtIdP && sess.Tokens.RefreshToken != "":
-		revoked, err := s.revoke(ctx, s.idp.Load(), sess.Tokens.RefreshToken)
+		rctx := ctx
+		if !byWorker {
+			var cancel context.CancelFunc
+			rctx, cancel = context.WithTimeout(ctx, inlineRevokeWait)
+			defer cancel()
+		}
+		revoked, err := s.revokeAt(rctx, sess.Tokens.RefreshToken)
 		switch {
 		case err != nil && time.Since(e.At) < revokeGiveUp:
 			revokeFailed, complete = true, false
@@ -100,8 +110,7 @@ func (s *Service) finish(ctx context.Context, e *Ending, byWorker bool) (revokeF
 
 // startWorker runs the outbox worker until Close.
 func (s *Service) startWorker() {
-	ctx, cancel := context.WithCancel(s.life.base)
-	s.stopWorker = cancel
+	ctx := s.life.stopping
 	s.spawn(func(context.Context) {
 		t := time.NewTicker(outboxInterval)
 		defer t.Stop()
@@ -138,6 +147,17 @@ func (s *Service) DrainEndings(ctx context.Context, olderThan time.Duration) (in
 			return settled, nil
 		}
 	}
+}
+
+// revokeAt revokes a refresh token at the IdP, discovering it first if
+// this process has not yet: an ending must never count as revoked because
+// the IdP's endpoints are still unknown.
+func (s *Service) revokeAt(ctx context.Context, token string) (bool, error) {
+	d, err := s.provider(ctx)
+	if err != nil {
+		return false, err
+	}
+	return s.revoke(ctx, d, token)
 }
 
 // revokeDetached revokes, in the background, a refresh token that no session

@@ -1,16 +1,20 @@
 package broker_test
 
 import (
+	"bytes"
 	"context"
 	"crypto/rand"
 	"crypto/sha256"
 	"encoding/base64"
 	"encoding/hex"
 	"errors"
+	"net/http"
 	"strings"
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/redis/go-redis/v9"
 
 	"github.com/mobile-token-broker/broker/broker"
 	"github.com/mobile-token-broker/broker/internal/devidp"
@@ -127,6 +131,142 @@ func TestStoreDownAfterRotation(t *testing.T) {
 	mustAccessToken(t, a, ns.Handle)
 	if got := e.idp.SuccessfulRefreshes(); got != 2 {
 		t.Errorf("successful refreshes = %d, want 2 (the rotated refresh token was used for the second)", got)
+	}
+}
+
+// A replica holds tokens the IdP rotated, but lost its lease to another
+// replica that now holds it for long (its own IdP call with the spent token
+// hangs). The tokens are stored all the same, fenced by the generation, so
+// that the other replica, once refused, adopts them instead of ending the
+// session.
+func TestRotatedTokensStoredWhileAnotherHoldsTheLease(t *testing.T) {
+	e := newEnv(t, time.Minute)
+	a := e.replica(replicaOptions{})
+	ctx := context.Background()
+	ns := e.login(a)
+	id := ns.Session.ID
+	e.expire(a, id)
+	e.idp.Pause()
+	res := make(chan error, 1)
+	go func() { _, err := accessToken(a, ns.Handle); res <- err }()
+	eventually(t, 5*time.Second, "the refresh to reach the IdP", func() bool { return e.idp.Count(devidp.GrantRefreshToken) == 1 })
+	if err := e.client().Del(ctx, lockKey(id)).Err(); err != nil {
+		t.Fatal(err)
+	}
+	other, ok, err := a.store.TryLock(ctx, id, time.Minute)
+	if err != nil || !ok {
+		t.Fatalf("another holder takes the lease = %v, %v", ok, err)
+	}
+	defer other.Release(ctx)
+	e.idp.Resume()
+	if err := <-res; err != nil {
+		t.Fatalf("AccessToken = %v, want the rotated token", err)
+	}
+	eventually(t, 5*time.Second, "the rotated tokens to be stored while another holds the lease", func() bool {
+		s, err := a.store.Get(ctx, id)
+		return err == nil && s.Generation == 2
+	})
+}
+
+// A replica that has not discovered the IdP yet (it started during an IdP
+// outage) must not settle the endings other replicas left for the outbox:
+// their refresh tokens would never be revoked.
+func TestUndiscoveredReplicaLeavesRevocationsPending(t *testing.T) {
+	e := newEnv(t, time.Hour)
+	a := e.replica(replicaOptions{})
+	ctx := context.Background()
+	ns := e.login(a)
+	e.idp.SetFailure(http.StatusServiceUnavailable)
+	if err := a.RevokeSession(ctx, ns.Session.ID, "secops"); err != nil {
+		t.Fatalf("RevokeSession while the IdP fails = %v", err)
+	}
+	late := e.replica(replicaOptions{undiscovered: true, config: func(c *broker.Config) { c.Issuer = "http://127.0.0.1:1" }})
+	if n, err := late.DrainEndings(ctx, 0); err != nil || n != 0 {
+		t.Errorf("DrainEndings on an undiscovered replica = %d, %v; want nothing settled", n, err)
+	}
+	if ending, err := a.store.Ending(ctx, ns.Session.ID); err != nil || ending.Done {
+		t.Fatalf("Ending = %+v, %v; want it still pending", ending, err)
+	}
+	e.idp.SetFailure(0)
+	// Past the claim the undiscovered replica took.
+	e.client().ZAdd(ctx, "broker:ends", redis.Z{Score: 0, Member: ns.Session.ID})
+	e.client().HSet(ctx, sessionKey(ns.Session.ID)+":ended", "claim_until", "0")
+	if n, err := a.DrainEndings(ctx, 0); err != nil || n != 1 {
+		t.Fatalf("DrainEndings once the IdP is back = %d, %v; want 1", n, err)
+	}
+	if got := e.idp.Revoked(); len(got) != 1 || got[0] != ns.Session.Tokens.RefreshToken {
+		t.Errorf("the IdP revoked %d tokens, want the session's refresh token", len(got))
+	}
+}
+
+// A repeated revoke whose look-up of the ending fails answers that the store
+// is unavailable, never 404: a 404 would tell the admin the session never
+// existed.
+func TestRepeatedRevokeWithTheStoreFailing(t *testing.T) {
+	e := newEnv(t, time.Hour)
+	fs := &faultyStore{}
+	a := e.replica(replicaOptions{wrap: func(s broker.Store) broker.Store { fs.Store = s; return fs }})
+	ns := e.login(a)
+	ctx := context.Background()
+	if err := a.RevokeSession(ctx, ns.Session.ID, "secops"); err != nil {
+		t.Fatal(err)
+	}
+	fs.ending = func(context.Context, string) (*broker.Ending, error) { return nil, errStoreUnavailable }
+	if err := a.RevokeSession(ctx, ns.Session.ID, "secops"); broker.ErrorCode(err) != broker.CodeStoreUnavailable {
+		t.Errorf("repeated revoke with the store failing = %v (%s), want store_unavailable", err, broker.ErrorCode(err))
+	}
+}
+
+// A replica cannot release its lease after a refresh (Redis restarting, its
+// pool still reconnecting): it retries, so the session's next refresh, on
+// any replica, is not blocked until the lease's ttl runs out.
+func TestLeaseReleaseRetried(t *testing.T) {
+	e := newEnv(t, time.Minute)
+	fl := &flakyLocker{}
+	fl.failReleases.Store(2)
+	a := e.replica(replicaOptions{locker: func(l broker.Locker) broker.Locker { fl.Locker = l; return fl }})
+	b := e.replica(replicaOptions{})
+	ns := e.login(a)
+	e.expire(a, ns.Session.ID)
+	mustAccessToken(t, a, ns.Handle)
+	// The lease's ttl (10 s) is longer than a request with an expired token
+	// waits (5 s): a lease left behind would make this request fail.
+	e.expire(a, ns.Session.ID)
+	mustAccessToken(t, b, ns.Handle)
+	if got := e.idp.SuccessfulRefreshes(); got != 2 {
+		t.Errorf("successful refreshes = %d, want 2", got)
+	}
+}
+
+// A revoke while the IdP hangs answers once the session has ended, without
+// waiting for the IdP: the revocation is left to the outbox.
+func TestRevokeDoesNotWaitOnAHangingIdP(t *testing.T) {
+	e := newEnv(t, time.Hour)
+	a := e.replica(replicaOptions{config: func(c *broker.Config) { c.IdPTimeout = 20 * time.Second }})
+	ns := e.login(a)
+	ctx := context.Background()
+	e.idp.Pause()
+	defer e.idp.Resume()
+	start := time.Now()
+	if err := a.RevokeSession(ctx, ns.Session.ID, "secops"); err != nil {
+		t.Fatalf("RevokeSession while the IdP hangs = %v, want success", err)
+	}
+	if d := time.Since(start); d > 10*time.Second {
+		t.Errorf("RevokeSession took %v with a 20 s IdP timeout, want the short inline bound", d)
+	}
+	if _, err := accessToken(a, ns.Handle); !isInvalidToken(err) {
+		t.Errorf("AccessToken after the revoke = %v, want invalid_token", err)
+	}
+	ending, err := a.store.Ending(ctx, ns.Session.ID)
+	if err != nil || ending.Done {
+		t.Fatalf("Ending = %+v, %v; want it pending for the outbox", ending, err)
+	}
+	e.idp.Resume()
+	if n, err := a.DrainEndings(ctx, 0); err != nil || n != 1 {
+		t.Fatalf("DrainEndings once the IdP is back = %d, %v; want 1", n, err)
+	}
+	if got := e.idp.Revoked(); len(got) == 0 || got[len(got)-1] != ns.Session.Tokens.RefreshToken {
+		t.Error("the outbox did not revoke the refresh token at the IdP")
 	}
 }
 
@@ -312,7 +452,7 @@ func TestRedisKilledMidAdminRevoke(t *testing.T) {
 			return nil, err
 		}
 		e.redis.Stop(t)
-		return nil, storeUnavailable
+		return nil, errStoreUnavailable
 	}
 	if err := a.RevokeSession(ctx, id, "secops"); broker.ErrorCode(err) != broker.CodeStoreUnavailable {
 		t.Fatalf("RevokeSession with Redis dying = %v, want store_unavailable", err)
@@ -325,6 +465,9 @@ func TestRedisKilledMidAdminRevoke(t *testing.T) {
 	}
 	if n, err := a.DrainEndings(ctx, 0); err != nil || n != 1 {
 		t.Fatalf("DrainEndings = %d, %v; want 1 ending finished", n, err)
+	}
+	if ending, err := a.store.Ending(ctx, id); err != nil || !ending.Done || ending.Session.Tokens.RefreshToken != "" {
+		t.Errorf("Ending after the outbox = %+v, %v; want it done, its tokens forgotten", ending, err)
 	}
 	if revoked := e.idp.Revoked(); len(revoked) != 1 || revoked[0] != ns.Session.Tokens.RefreshToken {
 		t.Errorf("the IdP revoked %d tokens, want the session's refresh token", len(revoked))
@@ -346,56 +489,127 @@ func TestRedisKilledMidAdminRevoke(t *testing.T) {
 	}
 }
 
-// Redis runs a command but its reply is lost, and the client sends the
-// command again: each such command must answer as its first run did.
+// Redis runs a command but its reply is lost, and go-redis sends the
+// command again: each command that changes something must answer the
+// repeat as it answered its first run. Each case first runs the same
+// operation once, so that Redis has the script cached and the lost reply is
+// that of a command that ran (not a NOSCRIPT answer), then loses the reply
+// of exactly the command it names.
 func TestLostRepliesOfNonIdempotentCommands(t *testing.T) {
-	t.Run("end", func(t *testing.T) {
-		e := newEnv(t, time.Hour)
-		proxy := redistest.NewProxy(t, e.redis.Addr())
-		a := e.replica(replicaOptions{redisURL: proxy.URL()})
-		ns := e.login(a)
-		proxy.DropReplyOnce([]byte(ns.Session.ID + "}:ended"))
-		if err := a.RevokeSession(context.Background(), ns.Session.ID, "secops"); err != nil {
-			t.Fatalf("RevokeSession whose reply was lost = %v, want success", err)
+	ctx := context.Background()
+	evalsha := func(parts ...string) func([]byte) bool {
+		return func(chunk []byte) bool {
+			// go-redis writes command names in lower case.
+			if !bytes.Contains(bytes.ToLower(chunk), []byte("evalsha")) {
+				return false
+			}
+			for _, p := range parts {
+				if !bytes.Contains(chunk, []byte(p)) {
+					return false
+				}
+			}
+			return true
 		}
+	}
+	setup := func(t *testing.T, ttl time.Duration) (*env, *redistest.Proxy, *replica) {
+		e := newEnv(t, ttl)
+		proxy := redistest.NewProxy(t, e.redis.Addr())
+		return e, proxy, e.replica(replicaOptions{redisURL: proxy.URL()})
+	}
+	fired := func(t *testing.T, proxy *redistest.Proxy) {
+		t.Helper()
 		if proxy.Fired() != 1 {
 			t.Fatalf("the fault fired %d times, want 1", proxy.Fired())
 		}
-		found := false
-		for _, ev := range auditEvents(t, a) {
-			found = found || ev.Action == broker.ActionSessionRevoke && ev.SessionID == ns.Session.ID
+	}
+
+	t.Run("end", func(t *testing.T) {
+		e, proxy, a := setup(t, time.Hour)
+		warm, ns := e.login(a), e.login(a)
+		if err := a.RevokeSession(ctx, warm.Session.ID, "secops"); err != nil {
+			t.Fatal(err)
 		}
-		if !found {
-			t.Error("the revoke was not audited")
+		proxy.DropReplyOnceFunc(evalsha(ns.Session.ID + "}:ended"))
+		if err := a.RevokeSession(ctx, ns.Session.ID, "secops"); err != nil {
+			t.Fatalf("RevokeSession whose reply was lost = %v, want success", err)
+		}
+		fired(t, proxy)
+		n := 0
+		for _, ev := range auditEvents(t, a) {
+			if ev.Action == broker.ActionSessionRevoke && ev.SessionID == ns.Session.ID {
+				n++
+			}
+		}
+		if n != 1 {
+			t.Errorf("%d session.revoke events for the session, want 1", n)
+		}
+		if ending, err := a.store.Ending(ctx, ns.Session.ID); err != nil || !ending.Done {
+			t.Errorf("Ending = %+v, %v; want it done", ending, err)
 		}
 	})
 	t.Run("lease", func(t *testing.T) {
-		e := newEnv(t, time.Minute)
-		proxy := redistest.NewProxy(t, e.redis.Addr())
-		a := e.replica(replicaOptions{redisURL: proxy.URL()})
-		ns := e.login(a)
+		e, proxy, a := setup(t, time.Minute)
+		warm, ns := e.login(a), e.login(a)
+		e.expire(a, warm.Session.ID)
+		mustAccessToken(t, a, warm.Handle)
 		e.expire(a, ns.Session.ID)
-		proxy.DropReplyOnce([]byte(ns.Session.ID + "}:lock"))
+		grants := e.idp.Count(devidp.GrantRefreshToken)
+		// The lease's own command holds its key, not the session's.
+		proxy.DropReplyOnceFunc(func(chunk []byte) bool {
+			return evalsha(ns.Session.ID+"}:lock")(chunk) && !bytes.Contains(chunk, []byte(sessionKey(ns.Session.ID)+"\r\n"))
+		})
 		mustAccessToken(t, a, ns.Handle)
-		if proxy.Fired() != 1 {
-			t.Fatalf("the fault fired %d times, want 1", proxy.Fired())
-		}
-		if got := e.idp.Count(devidp.GrantRefreshToken); got != 1 {
+		fired(t, proxy)
+		if got := e.idp.Count(devidp.GrantRefreshToken) - grants; got != 1 {
 			t.Errorf("refresh grants = %d, want 1", got)
 		}
 	})
+	t.Run("stored tokens", func(t *testing.T) {
+		e, proxy, a := setup(t, time.Minute)
+		warm, ns := e.login(a), e.login(a)
+		e.expire(a, warm.Session.ID)
+		mustAccessToken(t, a, warm.Handle)
+		e.expire(a, ns.Session.ID)
+		proxy.DropReplyOnceFunc(evalsha(sessionKey(ns.Session.ID)+"\r\n", ns.Session.ID+"}:lock"))
+		tok := mustAccessToken(t, a, ns.Handle)
+		fired(t, proxy)
+		if s := storedSession(t, a, ns.Session.ID); s.Generation != 2 || s.Tokens.AccessToken != tok {
+			t.Errorf("stored generation %d, want 2 holding the served token", s.Generation)
+		}
+		if strings.Contains(a.logs.String(), "did not take the new tokens") {
+			t.Error("a repeated write that took effect was taken for a failed one")
+		}
+	})
 	t.Run("logout token", func(t *testing.T) {
-		e := newEnv(t, time.Hour)
-		proxy := redistest.NewProxy(t, e.redis.Addr())
-		a := e.replica(replicaOptions{redisURL: proxy.URL()})
+		e, proxy, a := setup(t, time.Hour)
 		e.login(a)
+		if _, err := a.store.FirstUse(ctx, "warm", time.Minute); err != nil {
+			t.Fatal(err)
+		}
 		tok := e.logoutToken(devidp.DemoSubject)
-		proxy.DropReplyOnce([]byte("broker:used:"))
-		if n, err := a.BackchannelLogout(context.Background(), tok); err != nil || n != 1 {
+		proxy.DropReplyOnceFunc(evalsha("broker:used:"))
+		if n, err := a.BackchannelLogout(ctx, tok); err != nil || n != 1 {
 			t.Fatalf("first delivery whose reply was lost = %d, %v; want 1 session ended", n, err)
 		}
-		if _, err := a.BackchannelLogout(context.Background(), tok); broker.ErrorCode(err) != broker.CodeInvalidRequest {
+		fired(t, proxy)
+		if _, err := a.BackchannelLogout(ctx, tok); broker.ErrorCode(err) != broker.CodeInvalidRequest {
 			t.Errorf("replay = %v, want invalid_request", err)
+		}
+	})
+	t.Run("audit event", func(t *testing.T) {
+		_, proxy, a := setup(t, time.Hour)
+		a.AdminDenied(ctx, "warm")
+		proxy.DropReplyOnceFunc(evalsha("broker:audit", "probe-once"))
+		a.AdminDenied(ctx, "probe-once")
+		fired(t, proxy)
+		n := 0
+		for _, ev := range auditEvents(t, a) {
+			if ev.Detail == "probe-once" {
+				n++
+			}
+		}
+		if n != 1 {
+			t.Errorf("%d events for one append whose reply was lost, want 1", n)
 		}
 	})
 }
@@ -411,7 +625,9 @@ func TestBackchannelRedeliveredAfterStoreFailure(t *testing.T) {
 	ctx := context.Background()
 	tok := e.logoutToken(devidp.DemoSubject)
 
-	fs.end = func(context.Context, string, broker.EndReason) (*broker.Ending, error) { return nil, storeUnavailable }
+	fs.end = func(context.Context, string, broker.EndReason) (*broker.Ending, error) {
+		return nil, errStoreUnavailable
+	}
 	if _, err := a.BackchannelLogout(ctx, tok); broker.ErrorCode(err) != broker.CodeStoreUnavailable {
 		t.Fatalf("delivery with the store failing = %v, want store_unavailable", err)
 	}

@@ -50,8 +50,14 @@ type env struct {
 
 func newEnv(t *testing.T, accessTokenTTL time.Duration) *env {
 	t.Helper()
+	return newEnvWith(t, devidp.Config{AccessTokenTTL: accessTokenTTL})
+}
+
+// newEnvWith is newEnv with an IdP configured as given.
+func newEnvWith(t *testing.T, idpConfig devidp.Config) *env {
+	t.Helper()
 	rs := redistest.Start(t)
-	idp, err := devidp.Start(devidp.Config{AccessTokenTTL: accessTokenTTL})
+	idp, err := devidp.Start(idpConfig)
 	if err != nil {
 		t.Fatalf("devidp.Start: %v", err)
 	}
@@ -82,8 +88,13 @@ type replicaOptions struct {
 	keys *sessions.Keyring
 	// wrap decorates the real store as the broker sees it.
 	wrap func(broker.Store) broker.Store
+	// locker decorates the real store's leases.
+	locker func(broker.Locker) broker.Locker
 	// config adjusts the broker's configuration.
 	config func(*broker.Config)
+	// undiscovered leaves the IdP undiscovered, as a replica that started
+	// while the IdP was down.
+	undiscovered bool
 }
 
 // replica starts one more broker on the env.
@@ -106,13 +117,17 @@ func (e *env) replica(opts replicaOptions) *replica {
 	if opts.wrap != nil {
 		bs = opts.wrap(store)
 	}
+	var locker broker.Locker = store
+	if opts.locker != nil {
+		locker = opts.locker(store)
+	}
 	logs := &syncBuffer{}
 	cfg := broker.Config{
 		Issuer:       e.idp.Issuer(),
 		ClientID:     e.idp.ClientID(),
 		RedirectURIs: []string{redirectURI},
 		Store:        bs,
-		Locker:       store,
+		Locker:       locker,
 		Audit:        store,
 		Replay:       store,
 		Now:          e.clock.Now,
@@ -134,6 +149,9 @@ func (e *env) replica(opts replicaOptions) *replica {
 			e.t.Errorf("Close = %v", err)
 		}
 	})
+	if opts.undiscovered {
+		return &replica{Service: svc, store: store, logs: logs}
+	}
 	if err := svc.Discover(context.Background()); err != nil {
 		e.t.Fatalf("Discover: %v", err)
 	}
@@ -229,8 +247,19 @@ func storedSession(t *testing.T, r *replica, id string) *broker.Session {
 // of the method and may call the real one.
 type faultyStore struct {
 	broker.Store
-	mu  sync.Mutex
-	end func(ctx context.Context, id string, why broker.EndReason) (*broker.Ending, error)
+	mu     sync.Mutex
+	end    func(ctx context.Context, id string, why broker.EndReason) (*broker.Ending, error)
+	ending func(ctx context.Context, id string) (*broker.Ending, error)
+}
+
+func (f *faultyStore) Ending(ctx context.Context, id string) (*broker.Ending, error) {
+	f.mu.Lock()
+	hook := f.ending
+	f.mu.Unlock()
+	if hook != nil {
+		return hook(ctx, id)
+	}
+	return f.Store.Ending(ctx, id)
 }
 
 func (f *faultyStore) End(ctx context.Context, id string, why broker.EndReason) (*broker.Ending, error) {
@@ -243,9 +272,38 @@ func (f *faultyStore) End(ctx context.Context, id string, why broker.EndReason) 
 	return f.Store.End(ctx, id, why)
 }
 
-// storeUnavailable is the error the real store gives when Redis does not
+// flakyLocker decorates the real locker: the first failReleases releases of
+// its leases fail as if Redis did not answer, without reaching Redis.
+type flakyLocker struct {
+	broker.Locker
+	failReleases atomic.Int32
+}
+
+func (f *flakyLocker) TryLock(ctx context.Context, id string, ttl time.Duration) (broker.Lease, bool, error) {
+	l, ok, err := f.Locker.TryLock(ctx, id, ttl)
+	if !ok || err != nil {
+		return l, ok, err
+	}
+	return &flakyLease{Lease: l, locker: f}, true, nil
+}
+
+type flakyLease struct {
+	broker.Lease
+	locker *flakyLocker
+}
+
+func (l *flakyLease) Unwrap() broker.Lease { return l.Lease }
+
+func (l *flakyLease) Release(ctx context.Context) error {
+	if l.locker.failReleases.Add(-1) >= 0 {
+		return errStoreUnavailable
+	}
+	return l.Lease.Release(ctx)
+}
+
+// errStoreUnavailable is the error the real store gives when Redis does not
 // answer.
-var storeUnavailable = fmt.Errorf("injected: %w", broker.ErrStoreUnavailable)
+var errStoreUnavailable = fmt.Errorf("injected: %w", broker.ErrStoreUnavailable)
 
 // signLogoutToken signs a logout token with the IdP's own key, as the IdP
 // sends it to the back-channel endpoint.

@@ -33,6 +33,8 @@ type idp struct {
 type discoveryClaims struct {
 	RevocationEndpoint       string   `json:"revocation_endpoint"`
 	TokenEndpointAuthMethods []string `json:"token_endpoint_auth_methods_supported"`
+	JWKSURI                  string   `json:"jwks_uri"`
+	IDTokenSigningAlgs       []string `json:"id_token_signing_alg_values_supported"`
 }
 
 // Discover loads the IdP's discovery document and keys endpoint. It is safe
@@ -55,14 +57,22 @@ func (s *Service) Discover(ctx context.Context) error {
 		if err := p.Claims(&dc); err != nil {
 			return nil, fmt.Errorf("decode discovery document: %w", err)
 		}
-		conf := &oidc.Config{ClientID: s.cfg.ClientID, Now: s.cfg.Now}
+		if dc.JWKSURI == "" {
+			return nil, errors.New("the discovery document has no jwks_uri")
+		}
+		// The verifiers share the broker's key set rather than go-oidc's,
+		// which fetches the keys again at every failed signature (see
+		// keySet). The issuer is the configured one: go-oidc has checked
+		// that discovery states exactly it.
+		keys := newKeySet(s.fetchJWKS(dc.JWKSURI), s.cfg.Now)
+		conf := &oidc.Config{ClientID: s.cfg.ClientID, Now: s.cfg.Now, SupportedSigningAlgs: idTokenAlgs(dc.IDTokenSigningAlgs)}
 		refreshConf := *conf
 		refreshConf.SkipExpiryCheck = true
 		d := &idp{
 			provider:        p,
-			verifier:        p.Verifier(conf),
-			refreshVerifier: p.Verifier(&refreshConf),
-			logoutVerifier:  p.Verifier(&refreshConf),
+			verifier:        oidc.NewVerifier(s.cfg.Issuer, keys, conf),
+			refreshVerifier: oidc.NewVerifier(s.cfg.Issuer, keys, &refreshConf),
+			logoutVerifier:  oidc.NewVerifier(s.cfg.Issuer, keys, &refreshConf),
 			endpoint:        p.Endpoint(),
 			revocationURL:   dc.RevocationEndpoint,
 			authStyle:       s.authStyle(dc.TokenEndpointAuthMethods),
@@ -228,6 +238,21 @@ func (s *Service) revoke(ctx context.Context, d *idp, token string) (bool, error
 		return true, fmt.Errorf("revocation endpoint answered %s", resp.Status)
 	}
 	return true, nil
+}
+
+// idpCause is what logs and wrapped errors keep of an error of the token
+// endpoint: its status and OAuth error code, not the body x/oauth2 quotes
+// when the answer has no error code (up to 1 MB of whatever the IdP sent).
+func idpCause(err error) error {
+	var re *oauth2.RetrieveError
+	if errors.As(err, &re) {
+		te := classifyTokenError(err)
+		if te.oauthCode == "" {
+			return fmt.Errorf("the token endpoint answered %d", te.status)
+		}
+		return errors.New(te.summary())
+	}
+	return redactURLError(err)
 }
 
 // redactURLError drops the URL from a *url.Error: request URLs of the IdP do

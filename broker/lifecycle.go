@@ -15,6 +15,10 @@ import (
 type lifecycle struct {
 	base   context.Context
 	cancel context.CancelFunc
+	// stopping ends when Close begins, for work that only tidies up and
+	// should not hold the shutdown (lease releases retried).
+	stopping context.Context
+	stop     context.CancelFunc
 
 	mu      sync.Mutex
 	closing bool
@@ -23,7 +27,8 @@ type lifecycle struct {
 
 func newLifecycle() *lifecycle {
 	ctx, cancel := context.WithCancel(context.Background())
-	return &lifecycle{base: ctx, cancel: cancel}
+	stopping, stop := context.WithCancel(ctx)
+	return &lifecycle{base: ctx, cancel: cancel, stopping: stopping, stop: stop}
 }
 
 // add counts one more piece of work, unless Close has begun.
@@ -69,9 +74,7 @@ func (s *Service) Close(ctx context.Context) error {
 	s.life.mu.Lock()
 	s.life.closing = true
 	s.life.mu.Unlock()
-	if s.stopWorker != nil {
-		s.stopWorker()
-	}
+	s.life.stop()
 	done := make(chan struct{})
 	go func() {
 		s.life.wg.Wait()
@@ -130,26 +133,28 @@ func (b *backoffs) clear(id string) {
 
 // flights remembers when each session's refresh flight in this process
 // started, so that a request does not wait on one that already outlasted a
-// request's patience. It is bounded by the number of flights running.
+// request's patience. Only a flight records and removes its own entry, so
+// the map holds exactly the flights running.
 type flights struct {
 	mu      sync.Mutex
 	started map[string]time.Time
 }
 
-// start returns when the session's flight started, recording now if none
-// runs.
-func (f *flights) start(id string) time.Time {
+func (f *flights) begin(id string) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	if f.started == nil {
 		f.started = map[string]time.Time{}
 	}
-	if t, ok := f.started[id]; ok {
-		return t
-	}
-	now := time.Now()
-	f.started[id] = now
-	return now
+	f.started[id] = time.Now()
+}
+
+// since reports when the session's running flight started.
+func (f *flights) since(id string) (time.Time, bool) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	t, ok := f.started[id]
+	return t, ok
 }
 
 func (f *flights) done(id string) {

@@ -89,9 +89,11 @@ type Service struct {
 	pending    pendingTokens
 	unreadable unreadableSeen
 	life       *lifecycle
-	stopWorker context.CancelFunc
 	// refreshClient is cfg.HTTPClient without its Timeout.
 	refreshClient *http.Client
+	// shortTokens is set once an access token that lives shorter than
+	// RefreshSkew was seen, so that the warning is logged once.
+	shortTokens atomic.Bool
 }
 
 // New validates cfg, fills in defaults and returns a Service whose outbox
@@ -107,6 +109,11 @@ func New(cfg Config) (*Service, error) {
 	}
 	if len(cfg.RedirectURIs) == 0 {
 		errs = append(errs, errors.New("at least one redirect URI is required"))
+	}
+	for i, uri := range cfg.RedirectURIs {
+		if err := CheckRedirectURI(uri); err != nil {
+			errs = append(errs, fmt.Errorf("redirect URI %d: %w", i+1, err))
+		}
 	}
 	if cfg.Store == nil || cfg.Locker == nil {
 		errs = append(errs, errors.New("a store and a locker are required"))
@@ -210,10 +217,10 @@ func (s *Service) Exchange(ctx context.Context, req ExchangeRequest) (*NewSessio
 	if err != nil {
 		if classifyTokenError(err).rejected {
 			s.cfg.Metrics.Exchange("rejected")
-			return nil, wrap(CodeInvalidGrant, err, "the identity provider rejected the code, code_verifier or redirect_uri")
+			return nil, wrap(CodeInvalidGrant, idpCause(err), "the identity provider rejected the code, code_verifier or redirect_uri")
 		}
 		s.cfg.Metrics.Exchange("idp_unavailable")
-		return nil, wrap(CodeIdPUnavailable, redactURLError(err), "the identity provider is unavailable, retry later")
+		return nil, wrap(CodeIdPUnavailable, idpCause(err), "the identity provider is unavailable, retry later")
 	}
 	sess, rawID, err := s.verifyExchange(callCtx, d, tok, req.Nonce)
 	if err != nil {
@@ -261,6 +268,9 @@ func (s *Service) verifyExchange(ctx context.Context, d *idp, tok *oauth2.Token,
 		return nil, "", Errorf(CodeInvalidGrant, "the identity provider returned no ID token")
 	}
 	idt, err := d.verifier.Verify(s.clientContext(ctx), rawID)
+	if err == nil {
+		err = s.checkIDToken(idt)
+	}
 	if err != nil {
 		return nil, "", wrap(CodeInvalidGrant, err, "the ID token failed verification")
 	}
@@ -292,9 +302,16 @@ func (s *Service) verifyExchange(ctx context.Context, d *idp, tok *oauth2.Token,
 // expiry is counted from expires_in on the broker's clock, which decides
 // every expiry, rather than on the wall clock x/oauth2 uses.
 func (s *Service) tokensFrom(tok *oauth2.Token, rawID string) Tokens {
+	now := s.cfg.Now()
 	expiry := tok.Expiry
 	if tok.ExpiresIn > 0 {
-		expiry = s.cfg.Now().Add(time.Duration(tok.ExpiresIn) * time.Second)
+		expiry = now.Add(time.Duration(tok.ExpiresIn) * time.Second)
+	}
+	if life := expiry.Sub(now); !expiry.IsZero() && life < s.cfg.RefreshSkew && s.shortTokens.CompareAndSwap(false, true) {
+		s.log.Warn("the identity provider issues access tokens that live shorter than the refresh skew: "+
+			"such a session is refreshed at most once per half lifetime (at least 1 s), not before every request; "+
+			"lower BROKER_REFRESH_SKEW below the tokens' lifetime or raise the lifetime at the identity provider",
+			"lifetime", life.Round(time.Millisecond), "refresh_skew", s.cfg.RefreshSkew)
 	}
 	return Tokens{
 		AccessToken:  tok.AccessToken,
@@ -302,6 +319,7 @@ func (s *Service) tokensFrom(tok *oauth2.Token, rawID string) Tokens {
 		RefreshToken: tok.RefreshToken,
 		IDToken:      rawID,
 		Expiry:       expiry,
+		IssuedAt:     now,
 	}
 }
 

@@ -94,6 +94,10 @@ type Tokens struct {
 	IDToken      string
 	// Expiry of the access token; zero when the IdP gave none.
 	Expiry time.Time
+	// IssuedAt is when the broker received them, on its clock; with
+	// Expiry it gives the access token's lifetime. Zero in records
+	// written before it was kept.
+	IssuedAt time.Time
 }
 
 // Handles.
@@ -105,11 +109,6 @@ type Tokens struct {
 const (
 	idBytes     = 16
 	secretBytes = 32
-)
-
-var (
-	idLen     = base64.RawURLEncoding.EncodedLen(idBytes)
-	secretLen = base64.RawURLEncoding.EncodedLen(secretBytes)
 )
 
 // newHandle returns a fresh session id, handle and the hash of its secret.
@@ -125,16 +124,11 @@ func newHandle() (id, handle string, secretHash []byte, err error) {
 }
 
 // parseHandle splits a handle into its session id and secret hash. It reports
-// false for anything that is not shaped like a handle.
+// false for anything that is not shaped like a handle: both parts must be
+// canonical base64url (see canonical), so one handle has one spelling.
 func parseHandle(handle string) (id string, secretHash []byte, ok bool) {
 	id, secret, found := strings.Cut(handle, ".")
-	if !found || len(id) != idLen || len(secret) != secretLen {
-		return "", nil, false
-	}
-	if _, err := base64.RawURLEncoding.DecodeString(id); err != nil {
-		return "", nil, false
-	}
-	if _, err := base64.RawURLEncoding.DecodeString(secret); err != nil {
+	if !found || !canonical(id, idBytes) || !canonical(secret, secretBytes) {
 		return "", nil, false
 	}
 	sum := sha256.Sum256([]byte(secret))
@@ -142,13 +136,25 @@ func parseHandle(handle string) (id string, secretHash []byte, ok bool) {
 }
 
 // ValidSessionID reports whether id has the shape of a session id, so that
-// adapters can reject garbage before a store lookup.
+// adapters can reject garbage before a store lookup. Like handles, ids are
+// accepted only in canonical base64url.
 func ValidSessionID(id string) bool {
-	if len(id) != idLen {
+	return canonical(id, idBytes)
+}
+
+// canonical reports whether s is the unpadded base64url encoding of exactly
+// n bytes, spelled as the encoder spells it. Go's decoder skips CR and LF
+// anywhere in its input and ignores the unused low bits of the last
+// character, so several strings decode to the same bytes; a string is
+// accepted only if re-encoding what it decodes to gives it back. Then an id
+// or handle cannot be smuggled through logs, headers or keys in a second
+// spelling.
+func canonical(s string, n int) bool {
+	if len(s) != base64.RawURLEncoding.EncodedLen(n) {
 		return false
 	}
-	_, err := base64.RawURLEncoding.DecodeString(id)
-	return err == nil
+	b, err := base64.RawURLEncoding.DecodeString(s)
+	return err == nil && len(b) == n && base64.RawURLEncoding.EncodeToString(b) == s
 }
 
 // matches compares the stored secret hash with the presented one in constant

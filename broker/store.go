@@ -36,6 +36,15 @@ type Store interface {
 	// Locker of this store for this session) is still held and the record is
 	// still at generation from. It never recreates a session that ended.
 	//
+	// A lease that wraps another has an Unwrap() Lease method naming it.
+	//
+	// A nil lease is a rescue write, fenced by the generation alone: for a
+	// writer that holds tokens the IdP rotated for generation from but lost
+	// its lease to another holder. The generation is what keeps a stale
+	// writer from overwriting newer tokens; the lease's part is to keep a
+	// second IdP call from starting, and the holder it lost to is making a
+	// call with the spent token, which the IdP refuses.
+	//
 	// Errors, with nothing written: ErrNotFound when the session ended;
 	// ErrGenerationMoved when the record is no longer at generation from;
 	// ErrLeaseLost when the lease is no longer this holder's.

@@ -6,6 +6,7 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
+	"net/textproto"
 	"strings"
 )
 
@@ -104,6 +105,7 @@ func setForwarded(out, in *http.Request, trusted []netip.Prefix) {
 		peer = addr.String()
 	}
 	fromTrusted := ok && isTrusted(addr, trusted)
+	dropForwarding(out.Header, fromTrusted)
 
 	xff := peer
 	if prior := strings.Join(in.Header.Values("X-Forwarded-For"), ", "); fromTrusted && prior != "" {
@@ -129,6 +131,66 @@ func setForwarded(out, in *http.Request, trusted []netip.Prefix) {
 		host = v
 	}
 	out.Header.Set("X-Forwarded-Host", host)
+}
+
+// clientHeaders are the headers by which proxies, CDNs and load balancers
+// tell the next hop about the client, besides the X-Forwarded-For,
+// X-Forwarded-Proto and X-Forwarded-Host the broker sets itself: its
+// address, port, scheme, TLS and the host it asked for. Frameworks upstream
+// believe them (for a client's address in logs, rate limits and allow-lists,
+// for the scheme of redirects and cookies), so from a peer that is not a
+// trusted proxy each is a forgery and is removed; so is every other
+// X-Forwarded-* header. From a trusted proxy they are kept: it wrote them.
+var clientHeaders = canonicalSet(
+	"X-Real-IP", "X-Client-IP", "X-Cluster-Client-IP", "X-Original-Forwarded-For",
+	"X-Originating-IP", "X-Remote-IP", "X-Remote-Addr", "X-ProxyUser-Ip", "Client-IP",
+	"True-Client-IP", "CF-Connecting-IP", "CF-Connecting-IPv6", "CF-Visitor",
+	"Fastly-Client-IP", "Fastly-SSL", "X-Appengine-User-IP", "X-Azure-ClientIP",
+	"X-Azure-SocketIP", "X-ARR-ClientIP", "X-ARR-SSL", "X-Envoy-External-Address",
+	"X-Envoy-Internal", "X-Forwarded", "Forwarded-For", "X-Host", "X-Original-Host",
+	"X-Url-Scheme", "X-Scheme", "Front-End-Https", "X-Real-Port",
+)
+
+// pathHeaders carry a request's path or URL in place of the request line
+// (IIS URL Rewrite and Symfony read X-Original-URL and X-Rewrite-URL, auth
+// gateways X-Forwarded-Uri). The broker routes and checks the path of the
+// request line and rewrites it for the upstream, so a path in a header is
+// never the one the upstream is sent; believed, it would bypass the route
+// checks. They are removed whoever sent them, and so is Forwarded (RFC
+// 7239), which the broker does not write.
+var pathHeaders = canonicalSet(
+	"X-Original-URL", "X-Rewrite-URL", "X-Original-URI", "X-Original-Path",
+	"X-Forwarded-Uri", "X-Forwarded-Path", "X-Envoy-Original-Path", "Forwarded",
+)
+
+func canonicalSet(names ...string) map[string]bool {
+	set := make(map[string]bool, len(names))
+	for _, n := range names {
+		set[textproto.CanonicalMIMEHeaderKey(n)] = true
+	}
+	return set
+}
+
+// dropForwarding removes from h the headers only the broker may write (see
+// clientHeaders and pathHeaders). CGI-style servers (PHP, Django and other
+// WSGI, Rack) read X_Real_IP as they read X-Real-IP, so the spelling of each
+// such header with "_" for "-" is removed from everyone: no proxy writes it.
+func dropForwarding(h http.Header, fromTrusted bool) {
+	for k := range h {
+		name := k
+		if strings.Contains(k, "_") {
+			name = textproto.CanonicalMIMEHeaderKey(strings.ReplaceAll(k, "_", "-"))
+		}
+		forwarding := clientHeaders[name] || strings.HasPrefix(name, "X-Forwarded-")
+		switch {
+		case pathHeaders[name]:
+			delete(h, k)
+		case name != k && (forwarding || name == requestIDHeader):
+			delete(h, k)
+		case forwarding && !fromTrusted:
+			delete(h, k)
+		}
+	}
 }
 
 // peerAddr is the address of the connection's peer, unmapped and without a

@@ -31,6 +31,8 @@ type Metrics struct {
 	revocations *prometheus.CounterVec
 	errors      map[broker.Code]prometheus.Counter
 	errorsVec   *prometheus.CounterVec
+	tunnelsOpen prometheus.Gauge
+	tunnelsDone *prometheus.CounterVec
 	refusedVec  *prometheus.CounterVec
 
 	// series caches the labelled request counter and histogram of each
@@ -101,6 +103,14 @@ func NewMetrics() *Metrics {
 			Help: "Error responses rendered, by contract error code.",
 		}, []string{"code"}),
 		errors: make(map[broker.Code]prometheus.Counter, len(errorCodes)),
+		tunnelsOpen: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "broker_websocket_tunnels_open",
+			Help: "Proxied WebSocket tunnels open now.",
+		}),
+		tunnelsDone: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "broker_websocket_tunnels_closed_total",
+			Help: "Proxied WebSocket tunnels closed, by reason: closed (by either end), session_ended, max_lifetime, check_failed (the session store did not answer).",
+		}, []string{"reason"}),
 		refusedVec: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "broker_connections_refused_total",
 			Help: "Connections closed as soon as accepted, by listener and the cap that was reached: max_connections or max_connections_per_client.",
@@ -109,7 +119,8 @@ func NewMetrics() *Metrics {
 	reg.MustRegister(
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
-		m.requests, m.durations, m.exchanges, m.refreshes, m.revocations, m.errorsVec, m.refusedVec,
+		m.requests, m.durations, m.exchanges, m.refreshes, m.revocations, m.errorsVec,
+		m.tunnelsOpen, m.tunnelsDone, m.refusedVec,
 	)
 	// The admin listener has no per-client cap.
 	m.refusedVec.WithLabelValues("public", refusedMax)
@@ -126,6 +137,9 @@ func NewMetrics() *Metrics {
 	}
 	for _, c := range errorCodes {
 		m.errors[c] = m.errorsVec.WithLabelValues(string(c))
+	}
+	for _, r := range tunnelCloseReasons {
+		m.tunnelsDone.WithLabelValues(r)
 	}
 	empty := map[seriesKey]requestSeries{}
 	m.series.Store(&empty)
@@ -144,6 +158,22 @@ func (m *Metrics) Refresh(outcome string) { m.refreshes.WithLabelValues(outcome)
 
 // Revocation implements broker.Metrics.
 func (m *Metrics) Revocation(reason string) { m.revocations.WithLabelValues(reason).Inc() }
+
+// tunnelOpened counts a WebSocket tunnel that opened; a nil m counts
+// nothing.
+func (m *Metrics) tunnelOpened() {
+	if m != nil {
+		m.tunnelsOpen.Inc()
+	}
+}
+
+// tunnelClosed counts a WebSocket tunnel that closed, and why.
+func (m *Metrics) tunnelClosed(reason string) {
+	if m != nil {
+		m.tunnelsOpen.Dec()
+		m.tunnelsDone.WithLabelValues(reason).Inc()
+	}
+}
 
 // errorRendered counts an error response.
 func (m *Metrics) errorRendered(code broker.Code) {

@@ -25,10 +25,15 @@ import (
 
 // Route maps a path prefix of the public listener to an upstream base URL.
 type Route struct {
-	// Prefix is matched on whole segments of the path as the client sent it.
+	// Prefix is matched on whole segments of the request's path, in the
+	// canonical spelling of canonicalPath.
 	Prefix string
 	// Upstream is the base URL the rest of the path is appended to.
 	Upstream *url.URL
+	// WebSocket, when set, lets requests on this route upgrade to WebSocket,
+	// and to nothing else, within its limits (see AllowWebSocket). Nil
+	// drops every Upgrade.
+	WebSocket *TunnelPolicy
 }
 
 // reservedPrefix belongs to the broker's own API; a route there would shadow
@@ -143,7 +148,8 @@ func checkUpstream(u *url.URL) error {
 	return nil
 }
 
-// AccessTokens gives the proxy the access token of a session.
+// AccessTokens gives the proxy the access token of a session, and tells an
+// open WebSocket tunnel whether its session still lives.
 type AccessTokens interface {
 	// AccessToken returns the id and a currently valid access token of the
 	// session with the given handle, refreshing the token first when it is
@@ -152,6 +158,10 @@ type AccessTokens interface {
 	// their contract code (idp_unavailable, store_unavailable...). Errors are
 	// rendered to the client as they are.
 	AccessToken(ctx context.Context, handle string) (sessionID, accessToken string, err error)
+	// SessionLive returns nil while the session with the given id lives,
+	// an error with broker.CodeInvalidToken once it ended on any replica,
+	// and another error when that cannot be told.
+	SessionLive(ctx context.Context, sessionID string) error
 }
 
 // DefaultUpstreamTimeout is how long an upstream has to send its response
@@ -193,6 +203,8 @@ type Proxy struct {
 	log     *slog.Logger
 	rp      *httputil.ReverseProxy
 	tracer  trace.Tracer // nil without tracing
+	metrics *Metrics     // nil until useMetrics
+	tunnels tunnelSet
 }
 
 // NewProxy validates cfg and builds the proxy.
@@ -202,9 +214,17 @@ func NewProxy(cfg ProxyConfig) (*Proxy, error) {
 		errs = append(errs, errors.New("proxy: no route configured"))
 	}
 	seen := make(map[string]bool)
-	for _, r := range cfg.Routes {
+	routes := slices.Clone(cfg.Routes)
+	for i, r := range routes {
 		if err := errors.Join(checkPrefix(r.Prefix), checkUpstream(r.Upstream)); err != nil {
 			errs = append(errs, fmt.Errorf("proxy: route %q: %w", r.Prefix, err))
+		}
+		if r.WebSocket != nil {
+			policy, err := r.WebSocket.withDefaults()
+			if err != nil {
+				errs = append(errs, fmt.Errorf("proxy: route %q: %w", r.Prefix, err))
+			}
+			routes[i].WebSocket = &policy
 		}
 		if seen[r.Prefix] {
 			errs = append(errs, fmt.Errorf("proxy: route %q is configured twice", r.Prefix))
@@ -230,7 +250,6 @@ func NewProxy(cfg ProxyConfig) (*Proxy, error) {
 		cfg.Transport = newTransport(cfg.UpstreamTimeout)
 	}
 
-	routes := slices.Clone(cfg.Routes)
 	slices.SortStableFunc(routes, func(a, b Route) int { return cmp.Compare(len(b.Prefix), len(a.Prefix)) })
 	p := &Proxy{
 		routes:  routes,
@@ -249,9 +268,10 @@ func NewProxy(cfg ProxyConfig) (*Proxy, error) {
 		// after every write, so they reach the app as the upstream produces
 		// them; a response of known length goes out as the server's buffer
 		// fills, which saves a flush per response on the hot path.
-		FlushInterval: 0,
-		ErrorHandler:  p.upstreamError,
-		ErrorLog:      slog.NewLogLogger(cfg.Logger.Handler(), slog.LevelWarn),
+		FlushInterval:  0,
+		ModifyResponse: p.checkResponse,
+		ErrorHandler:   p.upstreamError,
+		ErrorLog:       slog.NewLogLogger(cfg.Logger.Handler(), slog.LevelWarn),
 	}
 	return p, nil
 }
@@ -274,6 +294,9 @@ func newTransport(responseHeaderTimeout time.Duration) *http.Transport {
 	return t
 }
 
+// useMetrics has the proxy count its WebSocket tunnels in m.
+func (p *Proxy) useMetrics(m *Metrics) { p.metrics = m }
+
 // Routes returns the configured routes, longest prefix first.
 func (p *Proxy) Routes() []Route {
 	return slices.Clone(p.routes)
@@ -281,7 +304,8 @@ func (p *Proxy) Routes() []Route {
 
 // Match returns the route whose prefix matches escapedPath on whole segments
 // ("/api" matches "/api" and "/api/x", never "/apix"), the longest one when
-// several do, and the rest of the path after the prefix, still escaped.
+// several do, and the rest of the path after the prefix, still escaped. It
+// compares bytes: the handler passes it the canonical path (see resolve).
 func (p *Proxy) Match(escapedPath string) (route Route, tail string, ok bool) {
 	for _, r := range p.routes {
 		rest, found := strings.CutPrefix(escapedPath, r.Prefix)
@@ -301,6 +325,8 @@ type target struct {
 	rawPath     string // outbound path, escaped as the client sent it
 	sessionID   string
 	accessToken string
+	// tunnel is set for a WebSocket upgrade on a route that allows it.
+	tunnel *tunnel
 	// err is set by upstreamError, for Handler to return to Echo's error
 	// renderer, where every error response is written and counted.
 	err error
@@ -311,14 +337,12 @@ type targetKey struct{}
 // Handler is the Echo handler of every route prefix.
 func (p *Proxy) Handler(c echo.Context) error {
 	r, w := c.Request(), c.Response()
-	escaped := r.URL.EscapedPath()
-	route, tail, ok := p.Match(escaped)
+	// The path is checked before the handle so that a hostile path costs no
+	// store lookup and no token refresh.
+	route, tail, decoded, ok, err := p.resolve(r.URL.EscapedPath())
 	if !ok {
 		return broker.Errorf(broker.CodeNotFound, "no route for this path")
 	}
-	// The path is checked before the handle so that a hostile path costs no
-	// store lookup and no token refresh.
-	decoded, err := checkTail(tail)
 	if err != nil {
 		return err
 	}
@@ -359,41 +383,19 @@ func (p *Proxy) Handler(c echo.Context) error {
 			span.End()
 		}()
 	}
+	if route.WebSocket != nil && isWebSocketUpgrade(r) {
+		p.serveTunnel(w, r.WithContext(ctx), t)
+		if _, opened := t.tunnel.opened(); opened {
+			// The client's connection was handed over to the tunnel: the
+			// access log and metrics count a 101 that lasted until the
+			// tunnel closed.
+			w.Status, w.Committed = http.StatusSwitchingProtocols, true
+			return nil
+		}
+		return t.err
+	}
 	p.rp.ServeHTTP(w, r.WithContext(ctx))
 	return t.err
-}
-
-// errUnsafePath answers a path that could step outside the route.
-var errUnsafePath = broker.Errorf(broker.CodeInvalidRequest, "the request path is not allowed")
-
-// checkTail validates the escaped path after a route prefix and returns it
-// decoded. The upstream resolves the path itself, so a segment that it could
-// read as a step upwards would let the app reach paths outside the route's
-// base: RFC 3986 section 5.2.4 removes "." and ".." segments, and section 2.3
-// makes %2E equivalent to ".", so a server may decode it first; hence the
-// check after decoding.
-// A segment that decodes to "/" or "\" would be split into new segments by
-// servers that decode first (and "\" is a separator on some), so encoded
-// separators are refused too. Servlet containers drop ";" path parameters
-// (section 3.3) before resolving dot segments, so "..;x" counts as "..".
-func checkTail(escaped string) (string, error) {
-	if escaped == "" {
-		return "", nil
-	}
-	var b strings.Builder
-	for seg := range strings.SplitSeq(escaped[1:], "/") {
-		dec, err := url.PathUnescape(seg)
-		if err != nil {
-			return "", broker.Errorf(broker.CodeInvalidRequest, "the request path has an invalid escape")
-		}
-		name, _, _ := strings.Cut(dec, ";")
-		if name == "." || name == ".." || strings.ContainsAny(dec, `/\`) {
-			return "", errUnsafePath
-		}
-		b.WriteByte('/')
-		b.WriteString(dec)
-	}
-	return b.String(), nil
 }
 
 // joinPath appends the tail of the inbound path to the upstream's path, in
@@ -417,6 +419,23 @@ func joinPath(base *url.URL, tail, escapedTail string) (path, rawPath string) {
 // X-Forwarded-*; setForwarded sets the latter again.
 func (p *Proxy) rewrite(pr *httputil.ProxyRequest) {
 	t := pr.In.Context().Value(targetKey{}).(*target)
+	// ReverseProxy puts Upgrade and "Connection: Upgrade" back to tunnel
+	// any protocol the client asks for; on a 101 the client would be
+	// spliced to the upstream, past every check of the broker (with h2c, on
+	// a connection where any path and any Authorization can be sent).
+	// Upgrade is hop-by-hop (RFC 9110 sections 7.6.1 and 7.8), and so is
+	// HTTP2-Settings ("a connection-specific header field", RFC 7540
+	// section 3.2.1): both are dropped, even when Connection does not name
+	// them.
+	pr.Out.Header.Del("Upgrade")
+	pr.Out.Header.Del("Connection")
+	pr.Out.Header.Del("Http2-Settings")
+	if t.tunnel != nil {
+		// A WebSocket upgrade on a route that allows it (RFC 6455 section
+		// 4.1), and nothing else.
+		pr.Out.Header.Set("Connection", "Upgrade")
+		pr.Out.Header.Set("Upgrade", "websocket")
+	}
 	up := t.route.Upstream
 	pr.Out.URL = &url.URL{
 		Scheme:   up.Scheme,
@@ -463,6 +482,14 @@ func (p *Proxy) upstreamError(w http.ResponseWriter, r *http.Request, err error)
 	var ue *url.Error
 	if errors.As(err, &ue) {
 		err = ue.Err
+	}
+	if t != nil && t.tunnel != nil {
+		if _, opened := t.tunnel.opened(); opened {
+			// The upstream switched protocols, but the client could not
+			// be handed over to it; it may already have been.
+			p.log.WarnContext(r.Context(), "websocket tunnel failed to open", "route", prefix, "session_id", sessionID, "error", err)
+			return
+		}
 	}
 	p.log.WarnContext(r.Context(), "upstream unavailable", "route", prefix, "session_id", sessionID, "error", err)
 	if t == nil {

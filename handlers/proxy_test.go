@@ -46,6 +46,13 @@ func (fakeTokens) AccessToken(_ context.Context, handle string) (string, string,
 	return "", "", broker.Errorf(broker.CodeInvalidToken, "session is expired or revoked")
 }
 
+func (fakeTokens) SessionLive(_ context.Context, sessionID string) error {
+	if sessionID == testSessionID {
+		return nil
+	}
+	return broker.ErrInvalidToken
+}
+
 // seenRequest is what the upstream received.
 type seenRequest struct {
 	Method string
@@ -438,50 +445,6 @@ func TestClientIP(t *testing.T) {
 	}
 }
 
-func TestCheckTail(t *testing.T) {
-	tests := []struct {
-		name    string
-		tail    string
-		want    string
-		wantErr bool
-	}{
-		{name: "empty", tail: "", want: ""},
-		{name: "slash", tail: "/", want: "/"},
-		{name: "plain", tail: "/a/b", want: "/a/b"},
-		{name: "escaped space", tail: "/a%20b", want: "/a b"},
-		{name: "dots inside a name", tail: "/a..b/.well-known/...", want: "/a..b/.well-known/..."},
-		{name: "empty segments", tail: "//a", want: "//a"},
-		{name: "dot", tail: "/./a", wantErr: true},
-		{name: "dot-dot", tail: "/a/..", wantErr: true},
-		{name: "encoded dot-dot", tail: "/%2e%2e/a", wantErr: true},
-		{name: "mixed case encoded dot-dot", tail: "/%2E%2e", wantErr: true},
-		{name: "half encoded dot-dot", tail: "/.%2e", wantErr: true},
-		{name: "encoded dot", tail: "/%2e/a", wantErr: true},
-		{name: "dot-dot with path parameter", tail: "/..;x/a", wantErr: true},
-		{name: "encoded slash", tail: "/a%2Fb", wantErr: true},
-		{name: "encoded slash lower case", tail: "/a%2fb", wantErr: true},
-		{name: "encoded backslash", tail: "/a%5Cb", wantErr: true},
-		{name: "raw backslash", tail: `/a\b`, wantErr: true},
-		{name: "double encoded is data", tail: "/a%252Fb", want: "/a%2Fb"},
-		{name: "invalid escape", tail: "/a%zzb", wantErr: true},
-		{name: "truncated escape", tail: "/a%2", wantErr: true},
-	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			got, err := checkTail(tt.tail)
-			if tt.wantErr {
-				if broker.ErrorCode(err) != broker.CodeInvalidRequest {
-					t.Errorf("checkTail(%q) = %q, %v; want an invalid_request error", tt.tail, got, err)
-				}
-				return
-			}
-			if err != nil || got != tt.want {
-				t.Errorf("checkTail(%q) = %q, %v; want %q", tt.tail, got, err, tt.want)
-			}
-		})
-	}
-}
-
 func TestProxyForwardsRequest(t *testing.T) {
 	up := newUpstream(t, func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("X-Upstream", "yes")
@@ -555,10 +518,11 @@ func TestProxyJoinsPaths(t *testing.T) {
 		{name: "base with trailing slash, exact prefix", path: "/slash", want: "/v3/"},
 		{name: "no base path", path: "/root/x/y", want: "/x/y"},
 		{name: "no base path, exact prefix", path: "/root", want: "/"},
-		{name: "escapes survive", path: "/api/a%20b/c%3Bd", want: "/base/a%20b/c%3Bd"},
+		{name: "escapes survive", path: "/api/a%2Bb/c%40d%3F", want: "/base/a%2Bb/c%40d%3F"},
+		{name: "escapes in upper case", path: "/api/a%2bb", want: "/base/a%2Bb"},
+		{name: "escaped unreserved characters decoded", path: "/api/%61%7E%2D", want: "/base/a~-"},
+		{name: "letters outside ASCII", path: "/api/caf%C3%A9/%E6%9D%B1%E4%BA%AC", want: "/base/caf%C3%A9/%E6%9D%B1%E4%BA%AC"},
 		{name: "escaped base path", path: "/esc/c", want: "/a%20b/c"},
-		{name: "double encoded slash is data", path: "/api/a%252Fb", want: "/base/a%252Fb"},
-		{name: "empty segment kept", path: "/api//x", want: "/base//x"},
 		{name: "query only", path: "/api?q=1", want: "/base?q=1"},
 	}
 	for _, tt := range tests {
@@ -678,32 +642,6 @@ func TestProxyForwardedHeaders(t *testing.T) {
 				t.Errorf("upstream Forwarded = %q, want none", v)
 			}
 		})
-	}
-}
-
-func TestProxyRejectsUnsafePaths(t *testing.T) {
-	up := newUpstream(t, nil)
-	srv := newBroker(t, ProxyConfig{Routes: mustRoutes(t, "/api="+up.URL+"/base")})
-	for _, path := range []string{
-		"/api/../v1/sessions",
-		"/api/..",
-		"/api/./x",
-		"/api/%2e%2e/x",
-		"/api/%2E%2e",
-		"/api/.%2e/admin",
-		"/api/..;/admin",
-		"/api/a%2Fb",
-		"/api/a%2f..%2fb",
-		"/api/a%5Cb",
-		"/api/x/%2e%2e%2f%2e%2e/etc",
-	} {
-		t.Run(path, func(t *testing.T) {
-			resp, body := send(t, srv, http.MethodGet, path, nil, nil)
-			wantError(t, "GET "+path, resp, body, http.StatusBadRequest, broker.CodeInvalidRequest)
-		})
-	}
-	if n := len(up.requests()); n != 0 {
-		t.Errorf("upstream received %d requests, want none", n)
 	}
 }
 

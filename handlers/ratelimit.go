@@ -54,9 +54,8 @@ func (s *Server) limitExchange(next echo.HandlerFunc) echo.HandlerFunc {
 }
 
 // limitBackchannel caps POST /v1/backchannel-logout per client IP, before
-// the body is read: every logout token costs a signature check, and one
-// with a key id the broker does not know a fetch of the IdP's key set,
-// which hosted IdPs throttle.
+// the body is read: the endpoint needs no credentials, and every logout
+// token costs a signature check, a valid one store round trips.
 func (s *Server) limitBackchannel(next echo.HandlerFunc) echo.HandlerFunc {
 	return func(c echo.Context) error {
 		if err := s.limit(c, "backchannel", s.cfg.BackchannelRate); err != nil {

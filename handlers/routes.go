@@ -14,6 +14,7 @@ func (s *Server) routes() {
 	v1.GET("/userinfo", s.userInfo, s.limitInvalidHandles)
 	v1.POST("/backchannel-logout", s.backchannelLogout, s.limitBackchannel)
 
+	s.cfg.Proxy.useMetrics(s.metrics)
 	// Proxied bodies stream at a minimum rate rather than a total time.
 	for _, r := range s.cfg.Proxy.Routes() {
 		pub.Any(r.Prefix, s.cfg.Proxy.Handler, streamBody, s.limitInvalidHandles)

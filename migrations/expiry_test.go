@@ -3,6 +3,7 @@ package migrations
 import (
 	"context"
 	"crypto/rand"
+	"encoding/base64"
 	"errors"
 	"fmt"
 	"maps"
@@ -78,7 +79,9 @@ func testIndexByExpiry(t *testing.T, c redis.UniversalClient) {
 	var g errgroup.Group
 	g.SetLimit(8)
 	for i := range n {
-		ids[i] = rand.Text()[:22]
+		raw := make([]byte, 16)
+		rand.Read(raw)
+		ids[i] = base64.RawURLEncoding.EncodeToString(raw)
 		g.Go(func() error {
 			return st.Create(ctx, &broker.Session{
 				ID:             ids[i],

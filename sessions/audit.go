@@ -23,10 +23,10 @@ const (
 	auditFieldSubject   = "sub"
 	auditFieldOutcome   = "outcome"
 	auditFieldDetail    = "detail"
-	// auditFieldEventID is random per Append call, so that a repeat of the
-	// call is recognised and adds nothing.
-	auditFieldEventID = "event_id"
 )
+
+// The append script adds one more field, event_id, random per Append call,
+// so that a repeat of the call is recognised and adds nothing.
 
 // maxAuditFieldLen bounds each stored audit field but the detail, which
 // broker.MaxAuditDetailLen bounds. The broker truncates what clients send

@@ -20,16 +20,15 @@ const (
 	fieldEndDetail = "end_detail"
 	fieldEndRevoke = "end_revoke" // "1" to revoke the refresh token at the IdP
 	fieldEndAt     = "end_at"     // Unix ms
-	// fieldEndToken is random per End call, so that a repeat of the call
-	// can tell its own end from another caller's.
-	fieldEndToken = "end_token"
 	// fieldDone is "1" once the end's work is done; its tokens are then
 	// forgotten.
 	fieldDone = "done"
-	// fieldClaimUntil is the Unix ms until which a ClaimEnds caller owns
-	// the end's work; "0" when unclaimed.
-	fieldClaimUntil = "claim_until"
 )
+
+// Two more fields are read and written by the scripts alone: end_token,
+// random per End call, so that a repeat of the call can tell its own end
+// from another caller's; and claim_until, the Unix ms until which a
+// ClaimEnds caller owns the end's work ("0" when unclaimed).
 
 // End ends a session in three steps. First the id goes into the outbox
 // (endsKey), so that a crash after the next step leaves the end's work
@@ -130,6 +129,10 @@ const claimPage = 64
 // or has seen every entry old enough. Each claim is a script on the
 // tombstone alone, so this works on Cluster, where the outbox and the
 // tombstones live on different nodes.
+// staleIntent is how old an outbox entry of a session that still lives, with
+// no tombstone, must be before ClaimEnds drops it.
+const staleIntent = 10 * time.Minute
+
 func (s *Store) ClaimEnds(ctx context.Context, olderThan, claimFor time.Duration, limit int) ([]*broker.Ending, error) {
 	if limit < 1 {
 		return nil, nil
@@ -143,14 +146,17 @@ func (s *Store) ClaimEnds(ctx context.Context, olderThan, claimFor time.Duration
 	)
 	for len(claimed) < limit {
 		page := int64(max(claimPage, limit-len(claimed)))
-		ids, err := s.client.ZRangeByScore(ctx, endsKey, &redis.ZRangeBy{
+		entries, err := s.client.ZRangeByScoreWithScores(ctx, endsKey, &redis.ZRangeBy{
 			Min: "-inf", Max: strconv.FormatInt(cutoff, 10), Offset: offset, Count: page,
 		}).Result()
 		if err != nil {
 			return claimed, storeError(ctx, "claim ends", err)
 		}
+		ids := make([]string, len(entries))
 		var gone []any
-		for _, id := range ids {
+		for i, entry := range entries {
+			id, _ := entry.Member.(string)
+			ids[i] = id
 			if len(claimed) == limit {
 				break
 			}
@@ -166,6 +172,13 @@ func (s *Store) ClaimEnds(ctx context.Context, olderThan, claimFor time.Duration
 			switch status, _ := res[0].(int64); status {
 			case 0:
 				gone = append(gone, id)
+			case 3:
+				// The session lives and has no tombstone: an End between
+				// its two steps, or one that its condition refused. No End
+				// takes staleIntent between them.
+				if int64(entry.Score) < now.Add(-staleIntent).UnixMilli() {
+					gone = append(gone, id)
+				}
 			case 2:
 				claimed = append(claimed, s.decodeEnding(id, fieldMap(res[1])))
 			}

@@ -67,6 +67,9 @@ func testEndRepeat(t *testing.T, st *Store) {
 		return res
 	}
 	first, second := run("token-1"), run("token-1")
+	if len(first) != 2 || len(second) != 2 {
+		t.Fatalf("end script twice with one token answered %v then %v; want 1 and the tombstone both times", first, second)
+	}
 	if first[0].(int64) != 1 || second[0].(int64) != 1 || !reflect.DeepEqual(fieldMap(first[1]), fieldMap(second[1])) {
 		t.Errorf("end script twice with one token answered %v then %v, tombstones equal %v; want 1 and 1 with the same tombstone",
 			first[0], second[0], reflect.DeepEqual(fieldMap(first[1]), fieldMap(second[1])))
@@ -260,6 +263,19 @@ func testClaimEndsHousekeeping(t *testing.T, st *Store) {
 	}
 	if got, err := st.ClaimEnds(ctx, time.Minute, time.Minute, 0); err != nil || len(got) != 0 {
 		t.Errorf("ClaimEnds(limit 0) = %v, %v; want none", got, err)
+	}
+	// Older than any End takes between its steps (a conditional End its
+	// condition refused leaves such an entry), the live session's entry
+	// goes; the session stays.
+	clk.Advance(staleIntent)
+	if _, err := st.ClaimEnds(ctx, time.Minute, time.Minute, 10); err != nil {
+		t.Fatal(err)
+	}
+	if n := st.client.ZCard(ctx, endsKey).Val(); n != 0 {
+		t.Errorf("outbox holds %d entries after the live session's went stale, want 0", n)
+	}
+	if _, err := st.Get(ctx, live.ID); err != nil {
+		t.Errorf("Get of the live session after housekeeping = %v", err)
 	}
 }
 

@@ -109,6 +109,7 @@ type sealedTokens struct {
 	RefreshToken string    `json:"refresh_token,omitempty"`
 	IDToken      string    `json:"id_token,omitempty"`
 	Expiry       time.Time `json:"expiry,omitzero"`
+	IssuedAt     time.Time `json:"issued_at,omitzero"`
 }
 
 func tokensOf(t broker.Tokens) sealedTokens {
@@ -118,6 +119,7 @@ func tokensOf(t broker.Tokens) sealedTokens {
 		RefreshToken: t.RefreshToken,
 		IDToken:      t.IDToken,
 		Expiry:       t.Expiry.UTC(),
+		IssuedAt:     t.IssuedAt.UTC(),
 	}
 }
 
@@ -128,6 +130,7 @@ func (p sealedTokens) tokens() broker.Tokens {
 		RefreshToken: p.RefreshToken,
 		IDToken:      p.IDToken,
 		Expiry:       p.Expiry,
+		IssuedAt:     p.IssuedAt,
 	}
 }
 
@@ -299,12 +302,13 @@ func clearSession(id string, h map[string]string) *broker.Session {
 	}
 }
 
-// sameTokens reports whether two token sets are the same, expiries
-// compared as instants.
+// sameTokens reports whether two token sets are the same, times compared
+// as instants.
 func sameTokens(a, b broker.Tokens) bool {
-	if !a.Expiry.Equal(b.Expiry) {
+	if !a.Expiry.Equal(b.Expiry) || !a.IssuedAt.Equal(b.IssuedAt) {
 		return false
 	}
 	a.Expiry, b.Expiry = time.Time{}, time.Time{}
+	a.IssuedAt, b.IssuedAt = time.Time{}, time.Time{}
 	return a == b
 }

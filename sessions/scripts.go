@@ -29,7 +29,8 @@ return 1
 	// updateTokensScript is the fenced write of a refresh: it stores the
 	// sealed tokens ARGV[4] as generation ARGV[2] of the session KEYS[1]
 	// only while the session is at generation ARGV[1] and its lease KEYS[2]
-	// still holds the caller's token ARGV[3]. HSET keeps the key's expiry.
+	// still holds the caller's token ARGV[3] (an empty ARGV[3]: a rescue
+	// write, fenced by the generation alone). HSET keeps the key's expiry.
 	// It answers 1 when written (or when it finds its own write: the
 	// generation after and the very same blob), 0 when the session is gone,
 	// 2 when the generation moved, 3 when the lease was lost.
@@ -40,7 +41,7 @@ if gen ~= ARGV[1] then
   if gen == ARGV[2] and redis.call('HGET', KEYS[1], 'tok') == ARGV[4] then return 1 end
   return 2
 end
-if redis.call('GET', KEYS[2]) ~= ARGV[3] then return 3 end
+if ARGV[3] ~= '' and redis.call('GET', KEYS[2]) ~= ARGV[3] then return 3 end
 redis.call('HSET', KEYS[1], 'tok', ARGV[4], 'gen', ARGV[2])
 return 1
 `)
@@ -167,12 +168,13 @@ return 1
 	// and nobody claimed it past now (ARGV[1]). It answers {2, tombstone fields} when claimed;
 	// {1} to skip it for now; {0} when the outbox entry can go: the end is
 	// done, or there is neither tombstone nor session (an end that found
-	// nothing, or whose tombstone expired). A session still there without
-	// a tombstone may be an end between its outbox entry and its script,
-	// so its entry stays.
+	// nothing, or whose tombstone expired); {3} for a session still there
+	// without a tombstone: an end between its outbox entry and its script,
+	// or a conditional end its condition refused, whose entry the caller
+	// drops once it is older than any end takes.
 	claimEndScript = redis.NewScript(`
 if redis.call('EXISTS', KEYS[1]) == 0 then
-  if redis.call('EXISTS', KEYS[2]) == 1 then return {1} end
+  if redis.call('EXISTS', KEYS[2]) == 1 then return {3} end
   return {0}
 end
 local e = redis.call('HMGET', KEYS[1], 'done', 'claim_until', 'end_at')

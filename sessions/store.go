@@ -170,7 +170,20 @@ func (s *Store) UpdateTokens(ctx context.Context, id string, l broker.Lease, fro
 	if !broker.ValidSessionID(id) {
 		return fmt.Errorf("update tokens: %w", broker.ErrNotFound)
 	}
+	// A decorated lease (a wrapper that counts or injects faults) names
+	// the lease it wraps.
+	for {
+		u, ok := l.(interface{ Unwrap() broker.Lease })
+		if !ok {
+			break
+		}
+		l = u.Unwrap()
+	}
 	held, ok := l.(*lease)
+	if l == nil {
+		// A rescue write: fenced by the generation alone.
+		held, ok = &lease{sessionID: id}, true
+	}
 	switch {
 	case !ok || held == nil:
 		return fmt.Errorf("update tokens of session %s: the lease (%T) was not taken from this store", id, l)

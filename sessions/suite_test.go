@@ -35,6 +35,7 @@ func runStoreSuite(t *testing.T, newStore func(t *testing.T) *Store) {
 	t.Run("FencedWrite", func(t *testing.T) { testFencedWrite(t, newStore(t)) })
 	t.Run("FencedWriteRepeat", func(t *testing.T) { testFencedWriteRepeat(t, newStore(t)) })
 	t.Run("FencedWriteLease", func(t *testing.T) { testFencedWriteLease(t, newStore(t)) })
+	t.Run("RescueWrite", func(t *testing.T) { testRescueWrite(t, newStore(t)) })
 	t.Run("ConcurrentEnd", func(t *testing.T) { testConcurrentEnd(t, newStore(t)) })
 	t.Run("EndRepeat", func(t *testing.T) { testEndRepeat(t, newStore(t)) })
 	t.Run("EndIfGeneration", func(t *testing.T) { testEndIfGeneration(t, newStore(t)) })

@@ -17,6 +17,7 @@ import (
 	"github.com/caarlos0/env/v11"
 	"github.com/redis/go-redis/v9"
 
+	"github.com/mobile-token-broker/broker/broker"
 	"github.com/mobile-token-broker/broker/handlers"
 	"github.com/mobile-token-broker/broker/sessions"
 )
@@ -50,6 +51,11 @@ type config struct {
 	// handlers.DefaultMaxConnectionsPerClient.
 	MaxConnections          count `env:"BROKER_MAX_CONNECTIONS"`
 	MaxConnectionsPerClient count `env:"BROKER_MAX_CONNECTIONS_PER_CLIENT"`
+	// WebSocketRoutes lists the route prefixes that accept WebSocket
+	// upgrades; unset durations take the handlers package's defaults.
+	WebSocketRoutes        string   `env:"BROKER_WEBSOCKET_ROUTES"`
+	WebSocketMaxLifetime   duration `env:"BROKER_WEBSOCKET_MAX_LIFETIME"`
+	WebSocketCheckInterval duration `env:"BROKER_WEBSOCKET_CHECK_INTERVAL"`
 	// TLSCert and TLSKey, both or neither, serve the public listener over
 	// TLS (HTTP/2 by ALPN) from PEM files.
 	TLSCert string `env:"BROKER_TLS_CERT"`
@@ -179,9 +185,24 @@ func loadConfig(getenv func(string) string, requireKeys bool) (*config, error) {
 		{"MaxLifetime", time.Duration(cfg.MaxLifetime)},
 		{"RefreshSkew", time.Duration(cfg.RefreshSkew)},
 		{"UpstreamTimeout", time.Duration(cfg.UpstreamTimeout)},
+		{"WebSocketMaxLifetime", time.Duration(cfg.WebSocketMaxLifetime)},
+		{"WebSocketCheckInterval", time.Duration(cfg.WebSocketCheckInterval)},
 	} {
 		if name := envName(d.field); environ[name] != "" && !invalid[name] && d.v <= 0 {
 			problems = append(problems, envName(d.field)+" must be a positive duration such as 30s or 720h")
+		}
+	}
+	if cfg.WebSocketRoutes != "" && len(cfg.Routes) > 0 {
+		policy := handlers.TunnelPolicy{
+			MaxLifetime:   time.Duration(cfg.WebSocketMaxLifetime),
+			CheckInterval: time.Duration(cfg.WebSocketCheckInterval),
+		}
+		routes, err := handlers.AllowWebSocket(cfg.Routes, cfg.WebSocketRoutes, policy)
+		if err != nil {
+			// AllowWebSocket names entries by position, never by value.
+			problems = append(problems, "BROKER_WEBSOCKET_ROUTES is invalid, it lists prefixes of BROKER_ROUTES: "+strings.ReplaceAll(err.Error(), "\n", "; "))
+		} else {
+			cfg.Routes = routes
 		}
 	}
 	if cfg.Issuer != "" {
@@ -209,15 +230,17 @@ func loadConfig(getenv func(string) string, requireKeys bool) (*config, error) {
 }
 
 // minEcho is the shortest run of a configured value that withoutValues
-// finds in a message. Shorter runs are mostly words any message may hold.
-const minEcho = 8
+// finds in a message. Shorter runs are mostly words any message may hold
+// ("redirect" is in the text of a message and in many a redirect URI).
+const minEcho = 12
 
 // withoutValues replaces every run of at least minEcho bytes of a problem
 // that also occurs in one of the values (ASCII letters compared without
-// case) with "[redacted]". The parsers say what is wrong without quoting
-// what they were given; this is the backstop for those that do not, some of
-// which live in other packages: an entry such as "/api:http://u:pw@host",
-// written with ':' for '=', would otherwise be quoted with its password.
+// case) with "[redacted]", the variables' names excepted. The parsers say
+// what is wrong without quoting what they were given; this is the backstop
+// for those that do not, some of which live in other packages: an entry
+// such as "/api:http://u:pw@host", written with ':' for '=', would
+// otherwise be quoted with its password.
 func withoutValues(problems, values []string) []string {
 	out := make([]string, len(problems))
 	for i, p := range problems {
@@ -247,6 +270,19 @@ func withoutValue(msg string, values []string) string {
 	}
 	if cut == nil {
 		return msg
+	}
+	// The names of the variables stay, whatever the values hold.
+	for _, name := range envNames() {
+		for off := 0; ; {
+			i := strings.Index(msg[off:], name)
+			if i < 0 {
+				break
+			}
+			for j := off + i; j < off+i+len(name); j++ {
+				cut[j] = false
+			}
+			off += i + len(name)
+		}
 	}
 	var b strings.Builder
 	for i := 0; i < len(msg); i++ {
@@ -351,19 +387,23 @@ func (d *duration) UnmarshalText(b []byte) error {
 
 type redirectURIs []string
 
+// UnmarshalText takes private-use URI schemes and claimed https URIs (see
+// broker.CheckRedirectURI); a problem names the entry by its position.
 func (r *redirectURIs) UnmarshalText(b []byte) error {
 	var out []string
+	var problems []error
 	for i, raw := range strings.Split(string(b), ",") {
 		raw = strings.TrimSpace(raw)
 		if raw == "" {
 			continue
 		}
-		u, err := url.Parse(raw)
-		if err != nil || u.Scheme == "" || u.Fragment != "" {
-			// RFC 6749 section 3.1.2: an absolute URI without fragment.
-			return fmt.Errorf("entry %d is not an absolute URI without fragment", i+1)
+		if err := broker.CheckRedirectURI(raw); err != nil {
+			problems = append(problems, fmt.Errorf("entry %d: %w", i+1, err))
 		}
 		out = append(out, raw)
+	}
+	if err := errors.Join(problems...); err != nil {
+		return err
 	}
 	if len(out) == 0 {
 		return errors.New("no redirect URI given")

@@ -176,6 +176,48 @@ func TestRunUsage(t *testing.T) {
 	}
 }
 
+// BROKER_REDIRECT_URIS takes private-use URI schemes and claimed https
+// URIs, and refuses what RFC 8252 does not let a mobile app use; a refusal
+// names each bad entry by its position, never by its value.
+func TestLoadConfigRedirectURIs(t *testing.T) {
+	load := func(uris string) error {
+		env := validEnv()
+		env["BROKER_REDIRECT_URIS"] = uris
+		_, err := loadConfig(func(k string) string { return env[k] }, true)
+		return err
+	}
+	if err := load("com.example.app:/oauth2redirect, https://app.example.com/oauth2redirect"); err != nil {
+		t.Fatalf("a private-use scheme and a claimed https URI: %v", err)
+	}
+	refused := []string{
+		"myapp:/oauth2redirect",
+		"http://127.0.0.1:8080/oauth2redirect",
+		"http://app.example.com/oauth2redirect",
+		"https://192.0.2.1/oauth2redirect",
+		"javascript:alert(1)",
+		"com.example.app:/oauth2redirect#f",
+	}
+	for _, uri := range refused {
+		err := load("com.example.app:/ok," + uri)
+		if err == nil {
+			t.Errorf("BROKER_REDIRECT_URIS with %q loaded, want it refused", uri)
+			continue
+		}
+		msg := err.Error()
+		if !strings.Contains(msg, "BROKER_REDIRECT_URIS") || !strings.Contains(msg, "entry 2") {
+			t.Errorf("error %q does not name BROKER_REDIRECT_URIS and entry 2", msg)
+		}
+		if strings.Contains(msg, uri) {
+			t.Errorf("error %q echoes the URI", msg)
+		}
+	}
+	// Every bad entry is reported, on the variable's one line.
+	err := load("myapp:/a,com.example.app:/ok,http://x.example/cb")
+	if err == nil || !strings.Contains(err.Error(), "entry 1") || !strings.Contains(err.Error(), "entry 3") || strings.Count(err.Error(), "\n") != 1 {
+		t.Errorf("two bad entries: error %v, want one line naming entries 1 and 3", err)
+	}
+}
+
 // FuzzConfigErrors sets one variable to a value that holds a secret
 // anywhere, and checks that no configuration error holds the secret. The
 // variable is the one named, or one picked by the name's hash; the TLS

@@ -99,18 +99,6 @@ func getFrom(t *testing.T, ip, url string) (int, error) {
 	return resp.StatusCode, nil
 }
 
-// eventually retries f every 20 ms until it reports true, for at most 10 s.
-func eventually(t *testing.T, what string, f func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for !f() {
-		if time.Now().After(deadline) {
-			t.Fatalf("%s: not within 10s", what)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-}
-
 // One client address cannot hold more than its share of connections, and
 // another address is served meanwhile; a closed connection gives its place
 // back.
@@ -126,7 +114,7 @@ func TestConnectionCapPerClient(t *testing.T) {
 	}
 
 	idle[0].Close()
-	eventually(t, "127.0.0.1 served again after closing one of its connections", func() bool {
+	eventually(t, 10*time.Second, "127.0.0.1 served again after closing one of its connections", func() bool {
 		st, err := getFrom(t, "127.0.0.1", b.base+"/v1/session")
 		return err == nil && st == http.StatusUnauthorized
 	})
@@ -152,14 +140,14 @@ func TestConnectionCapOverall(t *testing.T) {
 		t.Errorf("GET /healthz on the admin listener while the public one is full = %d, %v; want 200", st, err)
 	}
 	// Discovery may still be under way just after start.
-	eventually(t, "GET /readyz = 200 on the admin listener while the public one is full", func() bool {
+	eventually(t, 10*time.Second, "GET /readyz = 200 on the admin listener while the public one is full", func() bool {
 		st, err := getFrom(t, "127.0.0.1", b.admin+"/readyz")
 		return err == nil && st == http.StatusOK
 	})
 	for _, c := range idle {
 		c.Close()
 	}
-	eventually(t, "the public listener serves again once the idle connections are closed", func() bool {
+	eventually(t, 10*time.Second, "the public listener serves again once the idle connections are closed", func() bool {
 		st, err := getFrom(t, "127.0.0.2", b.base+"/v1/session")
 		return err == nil && st == http.StatusUnauthorized
 	})

@@ -202,6 +202,73 @@ func TestCreateSessionRejectedByIdP(t *testing.T) {
 	})
 }
 
+// An IdP that issues ID tokens the broker must refuse: signed by the IdP's
+// own key and valid for go-oidc's verifier, but failing OIDC Core 2 or
+// 3.1.3.7. Each is 400 invalid_grant and has its refresh token revoked;
+// the nearby tokens that are fine open sessions.
+func TestCreateSessionFaultyIDTokens(t *testing.T) {
+	s := newStack(t, stackOptions{})
+	b := s.start()
+	client := s.idp.ClientID()
+	tests := []struct {
+		name    string
+		rewrite func(c map[string]any)
+		want    int
+	}{
+		{"no sub", func(c map[string]any) { delete(c, "sub") }, http.StatusBadRequest},
+		{"empty sub", func(c map[string]any) { c["sub"] = "" }, http.StatusBadRequest},
+		{"two audiences without azp", func(c map[string]any) {
+			c["aud"] = []string{client, "another-client"}
+			delete(c, "azp")
+		}, http.StatusBadRequest},
+		{"two audiences, azp another client", func(c map[string]any) {
+			c["aud"] = []string{client, "another-client"}
+			c["azp"] = "another-client"
+		}, http.StatusBadRequest},
+		{"one audience, azp another client", func(c map[string]any) {
+			c["aud"] = client
+			c["azp"] = "another-client"
+		}, http.StatusBadRequest},
+		{"azp not a string", func(c map[string]any) { c["azp"] = []string{client} }, http.StatusBadRequest},
+		{"iat a day ahead", func(c map[string]any) { c["iat"] = time.Now().Add(24 * time.Hour).Unix() }, http.StatusBadRequest},
+		{"iat two minutes ahead", func(c map[string]any) { c["iat"] = time.Now().Add(2 * time.Minute).Unix() }, http.StatusBadRequest},
+
+		{"two audiences, azp this client", func(c map[string]any) {
+			c["aud"] = []string{client, "another-client"}
+			c["azp"] = client
+		}, http.StatusCreated},
+		{"one audience, azp this client", func(c map[string]any) { c["azp"] = client }, http.StatusCreated},
+		{"iat 30 s ahead, within the skew", func(c map[string]any) { c["iat"] = time.Now().Add(30 * time.Second).Unix() }, http.StatusCreated},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			code, verifier := s.authorize("n")
+			s.idp.RewriteIDTokens(tt.rewrite)
+			defer s.idp.RewriteIDTokens(nil)
+			revoked := len(s.idp.Revoked())
+			res := do(t, b, http.MethodPost, "/v1/sessions", "", map[string]string{
+				"code": code, "code_verifier": verifier, "redirect_uri": redirectURI, "nonce": "n",
+			})
+			if res.status != tt.want {
+				t.Fatalf("POST /v1/sessions = %d %s, want %d", res.status, res.body, tt.want)
+			}
+			if tt.want == http.StatusCreated {
+				return
+			}
+			if got := res.errorCode(t); got != "invalid_grant" {
+				t.Errorf("error = %q, want invalid_grant", got)
+			}
+			// The revocation runs detached from the request.
+			for deadline := time.Now().Add(5 * time.Second); len(s.idp.Revoked()) == revoked && time.Now().Before(deadline); {
+				time.Sleep(10 * time.Millisecond)
+			}
+			if got := len(s.idp.Revoked()) - revoked; got != 1 {
+				t.Errorf("%d tokens revoked at the IdP, want the refresh token of the refused exchange", got)
+			}
+		})
+	}
+}
+
 func TestCreateSessionIdPUnavailable(t *testing.T) {
 	s := newStack(t, stackOptions{})
 	b := s.start()

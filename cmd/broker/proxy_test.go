@@ -59,3 +59,27 @@ func TestProxyUpstreamDown(t *testing.T) {
 		t.Fatalf("= %d %s, want 502 upstream_unavailable", res.status, res.body)
 	}
 }
+
+// TestProxyRefusesOtherReadings sends paths that an upstream could read as
+// another path, /api/orders among them, to the real wiring: each is refused
+// with 400 and the upstream sees none of them.
+func TestProxyRefusesOtherReadings(t *testing.T) {
+	s := newStack(t, stackOptions{})
+	b := s.start()
+	c := s.login(b)
+	for _, path := range []string{
+		"/api//orders/1", "/api/orders;/1", "/api/orders%3B/1", "/api/ORDERS/1", "/api/orders./1",
+		"/api/orders%20/1", "/api/%252e%252e/v1/sessions", "/api/..%00/x", "/api/%c0%ae%c0%ae/x",
+		"/api/%ef%bc%8e%ef%bc%8e/x", "/api/a%ef%bc%8fb", "/api/a%e2%88%95b", "/api/x%0d%0ay",
+	} {
+		res := do(t, b, http.MethodGet, path, c.Session, nil)
+		if res.status != http.StatusBadRequest || res.errorCode(t) != "invalid_request" {
+			t.Errorf("GET %s = %d %s, want 400 invalid_request", path, res.status, res.body)
+		}
+	}
+	s.upstream.mu.Lock()
+	defer s.upstream.mu.Unlock()
+	for _, r := range s.upstream.requests {
+		t.Errorf("the upstream received %s", r.URL.EscapedPath())
+	}
+}

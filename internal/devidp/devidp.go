@@ -3,10 +3,12 @@
 //
 // It is the zitadel/oidc example OP (package op with the example login UI and
 // in-memory storage) configured for one client, with hooks tests need: token
-// endpoint counters, recorded RFC 7009 revocations and presented refresh
-// tokens, injectable outages (SetFailure, SetLatency, Pause, Stop, Restart),
-// the refresh faults of real IdPs (FailRefresh, SetStaticAccessToken) and
-// access to the ID token signing key.
+// endpoint and key set counters, recorded RFC 7009 revocations and presented
+// refresh tokens, injectable outages (SetFailure, SetLatency, Pause, Stop,
+// Restart), the refresh faults of real IdPs (FailRefresh,
+// SetStaticAccessToken), ID tokens with chosen claims (RewriteIDTokens), and
+// access to the ID token signing key and its rotation (SigningKey,
+// RotateSigningKey).
 //
 // The example OP logs every request through the process-wide slog default
 // logger; Config.Logger only receives the Provider's own messages.
@@ -88,6 +90,7 @@ type Provider struct {
 
 	tokenPath      string
 	revocationPath string
+	keysPath       string
 
 	mu           sync.Mutex
 	server       *http.Server
@@ -97,7 +100,9 @@ type Provider struct {
 	pause        *pause
 	refreshFault refreshFault
 	staticAccess string
+	rewriteID    func(claims map[string]any)
 	counts       map[string]int
+	keyFetches   int
 	refreshesOK  int
 	revoked      []string
 	refreshSeen  []string
@@ -146,6 +151,7 @@ func Start(cfg Config) (*Provider, error) {
 		logger:         cfg.Logger,
 		tokenPath:      op.DefaultEndpoints.Token.Relative(),
 		revocationPath: op.DefaultEndpoints.Revocation.Relative(),
+		keysPath:       op.DefaultEndpoints.JwksURI.Relative(),
 		counts:         make(map[string]int),
 	}
 	// A nil logger keeps SetupServer from replacing the process-wide default.
@@ -328,7 +334,8 @@ func (p *Provider) Revoked() []string {
 // SigningKey returns the private key the OP signs ID tokens with and its key
 // id (the JWT "kid" header), e.g. to sign back-channel logout tokens.
 func (p *Provider) SigningKey() (*rsa.PrivateKey, string) {
-	return p.store.key.key, p.store.key.id
+	k := p.store.currentKey()
+	return k.key, k.id
 }
 
 // SetLatency makes every request wait d before it is served (0 heals): an
@@ -341,8 +348,9 @@ func (p *Provider) SetLatency(d time.Duration) {
 }
 
 // inject delays requests while a latency is set, fails every request while
-// a failure status is set, and applies the refresh faults (FailRefresh,
-// SetStaticAccessToken) to refresh_token grants.
+// a failure status is set, applies the refresh faults (FailRefresh,
+// SetStaticAccessToken) to refresh_token grants and RewriteIDTokens to
+// every token response.
 func (p *Provider) inject(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		p.mu.Lock()
@@ -361,31 +369,36 @@ func (p *Provider) inject(next http.Handler) http.Handler {
 			http.Error(w, "devidp: injected failure: "+http.StatusText(status), status)
 			return
 		}
-		if tr == nil || tr.grant != GrantRefreshToken {
+		if tr == nil {
 			next.ServeHTTP(w, r)
 			return
 		}
-		if fault, ok := p.takeRefreshFault(); ok {
-			tr.markInjected()
-			writeTokenError(w, fault)
-			return
+		if tr.grant == GrantRefreshToken {
+			if fault, ok := p.takeRefreshFault(); ok {
+				tr.markInjected()
+				writeTokenError(w, fault)
+				return
+			}
 		}
-		p.mu.Lock()
-		static := p.staticAccess
-		p.mu.Unlock()
-		if static == "" {
+		rewrite := p.tokenResponseRewrite(tr.grant)
+		if rewrite == nil {
 			next.ServeHTTP(w, r)
 			return
 		}
-		p.serveWithAccessToken(w, r, next, static)
+		p.serveRewritten(w, r, next, rewrite)
 	})
 }
 
-// observe counts token requests, records presented refresh tokens and
-// accepted revocations, and tells the handlers it wraps which grant a token
-// request is for.
+// observe counts token requests and key set fetches, records presented
+// refresh tokens and accepted revocations, and tells the handlers it wraps
+// which grant a token request is for.
 func (p *Provider) observe(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Method == http.MethodGet && r.URL.Path == p.keysPath {
+			p.mu.Lock()
+			p.keyFetches++
+			p.mu.Unlock()
+		}
 		if r.Method != http.MethodPost || (r.URL.Path != p.tokenPath && r.URL.Path != p.revocationPath) {
 			next.ServeHTTP(w, r)
 			return

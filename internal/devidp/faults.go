@@ -3,9 +3,12 @@ package devidp
 import (
 	"bytes"
 	"encoding/json"
+	"fmt"
 	"net/http"
 	"slices"
 	"strconv"
+
+	jose "github.com/go-jose/go-jose/v4"
 )
 
 // tokenRequest is what observe tells the handlers it wraps about a request
@@ -108,14 +111,52 @@ func (p *Provider) SetStaticAccessToken(token string) {
 	p.staticAccess = token
 }
 
-// serveWithAccessToken serves r with next and, if next answers 200,
-// replaces the access_token of its JSON response with token.
-func (p *Provider) serveWithAccessToken(w http.ResponseWriter, r *http.Request, next http.Handler, token string) {
+// tokenResponseRewrite returns how a successful answer to a token request
+// of grant is changed (SetStaticAccessToken on refresh grants,
+// RewriteIDTokens on every grant), or nil when it is served as is.
+func (p *Provider) tokenResponseRewrite(grant string) func(fields map[string]json.RawMessage) error {
+	p.mu.Lock()
+	static, rewriteID := p.staticAccess, p.rewriteID
+	p.mu.Unlock()
+	if grant != GrantRefreshToken {
+		static = ""
+	}
+	if static == "" && rewriteID == nil {
+		return nil
+	}
+	return func(fields map[string]json.RawMessage) error {
+		if static != "" {
+			value, err := json.Marshal(static)
+			if err != nil {
+				return err
+			}
+			fields["access_token"] = value
+		}
+		if raw, ok := fields["id_token"]; ok && rewriteID != nil {
+			var idToken string
+			if err := json.Unmarshal(raw, &idToken); err != nil {
+				return fmt.Errorf("id_token: %w", err)
+			}
+			resigned, err := p.resignIDToken(idToken, rewriteID)
+			if err != nil {
+				return err
+			}
+			if fields["id_token"], err = json.Marshal(resigned); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
+}
+
+// serveRewritten serves r with next and, if next answers 200, changes its
+// JSON object with rewrite.
+func (p *Provider) serveRewritten(w http.ResponseWriter, r *http.Request, next http.Handler, rewrite func(map[string]json.RawMessage) error) {
 	buf := &bufferedResponse{header: make(http.Header), status: http.StatusOK}
 	next.ServeHTTP(buf, r)
 	body := buf.body.Bytes()
 	if buf.status == http.StatusOK {
-		rewritten, err := withAccessToken(body, token)
+		rewritten, err := rewriteObject(body, rewrite)
 		if err != nil {
 			p.logger.Warn("dev OpenID Provider: token response left as is", "error", err)
 		} else {
@@ -131,19 +172,50 @@ func (p *Provider) serveWithAccessToken(w http.ResponseWriter, r *http.Request, 
 	w.Write(body)
 }
 
-// withAccessToken returns the JSON object body with its access_token set to
-// token.
-func withAccessToken(body []byte, token string) ([]byte, error) {
+// rewriteObject returns the JSON object body as rewrite changed it.
+func rewriteObject(body []byte, rewrite func(map[string]json.RawMessage) error) ([]byte, error) {
 	var fields map[string]json.RawMessage
 	if err := json.Unmarshal(body, &fields); err != nil {
 		return nil, err
 	}
-	value, err := json.Marshal(token)
-	if err != nil {
+	if err := rewrite(fields); err != nil {
 		return nil, err
 	}
-	fields["access_token"] = value
 	return json.Marshal(fields)
+}
+
+// RewriteIDTokens makes the token endpoint change the claims of every ID
+// token it returns, on code and refresh grants: rewrite gets the claims as
+// the OP issued them (numbers as json.Number) and changes them in place;
+// the ID token is then signed again with the OP's current key, so it
+// verifies against the OP's JWKS. It models an IdP that issues ID tokens a
+// relying party must refuse (no sub, a foreign azp, iat in the future...).
+// nil heals the Provider.
+func (p *Provider) RewriteIDTokens(rewrite func(claims map[string]any)) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.rewriteID = rewrite
+}
+
+// resignIDToken returns the ID token raw with its claims changed by
+// rewrite, signed with the current key.
+func (p *Provider) resignIDToken(raw string, rewrite func(map[string]any)) (string, error) {
+	jws, err := jose.ParseSigned(raw, []jose.SignatureAlgorithm{jose.RS256})
+	if err != nil {
+		return "", fmt.Errorf("id_token: %w", err)
+	}
+	dec := json.NewDecoder(bytes.NewReader(jws.UnsafePayloadWithoutVerification()))
+	dec.UseNumber()
+	var claims map[string]any
+	if err := dec.Decode(&claims); err != nil {
+		return "", fmt.Errorf("id_token claims: %w", err)
+	}
+	rewrite(claims)
+	payload, err := json.Marshal(claims)
+	if err != nil {
+		return "", err
+	}
+	return p.sign(payload, "JWT")
 }
 
 // bufferedResponse collects a response so it can be changed before it is

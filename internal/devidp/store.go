@@ -125,7 +125,12 @@ type refreshToken struct {
 type store struct {
 	*storage.Storage
 
-	key     *signingKey
+	// keyMu guards key, the key ID tokens are signed with, and published,
+	// every key the JWKS lists (the current one and those rotated out).
+	keyMu     sync.RWMutex
+	key       *signingKey
+	published []*signingKey
+
 	clients map[string]client
 	ttl     time.Duration
 
@@ -154,14 +159,15 @@ func newStore(clients map[string]client, key *signingKey, ttl time.Duration) *st
 		registry[id] = c.Client
 	}
 	return &store{
-		Storage: storage.NewStorageWithClients(newUsers(), registry),
-		key:     key,
-		clients: clients,
-		ttl:     ttl,
-		now:     time.Now,
-		access:  make(map[string]accessToken),
-		refresh: make(map[string]refreshToken),
-		sids:    make(map[string]string),
+		Storage:   storage.NewStorageWithClients(newUsers(), registry),
+		key:       key,
+		published: []*signingKey{key},
+		clients:   clients,
+		ttl:       ttl,
+		now:       time.Now,
+		access:    make(map[string]accessToken),
+		refresh:   make(map[string]refreshToken),
+		sids:      make(map[string]string),
 	}
 }
 
@@ -173,14 +179,35 @@ func (s *store) GetClientByClientID(_ context.Context, clientID string) (op.Clie
 	return c, nil
 }
 
-func (s *store) SigningKey(context.Context) (op.SigningKey, error) { return s.key, nil }
+func (s *store) SigningKey(context.Context) (op.SigningKey, error) { return s.currentKey(), nil }
+
+// currentKey returns the key ID tokens are signed with now.
+func (s *store) currentKey() *signingKey {
+	s.keyMu.RLock()
+	defer s.keyMu.RUnlock()
+	return s.key
+}
+
+// rotate makes key the signing key; the previous ones stay published.
+func (s *store) rotate(key *signingKey) {
+	s.keyMu.Lock()
+	defer s.keyMu.Unlock()
+	s.key = key
+	s.published = append(s.published, key)
+}
 
 func (s *store) SignatureAlgorithms(context.Context) ([]jose.SignatureAlgorithm, error) {
 	return []jose.SignatureAlgorithm{jose.RS256}, nil
 }
 
 func (s *store) KeySet(context.Context) ([]op.Key, error) {
-	return []op.Key{publicKey{s.key}}, nil
+	s.keyMu.RLock()
+	defer s.keyMu.RUnlock()
+	keys := make([]op.Key, 0, len(s.published))
+	for _, k := range s.published {
+		keys = append(keys, publicKey{k})
+	}
+	return keys, nil
 }
 
 // CreateAccessToken issues an access token without a refresh token (a code
@@ -192,7 +219,7 @@ func (s *store) CreateAccessToken(ctx context.Context, req op.TokenRequest) (str
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	return id, s.rememberAccess(id, req, clientIDOf(req)), nil
+	return id, reported(s.rememberAccess(id, req, clientIDOf(req))), nil
 }
 
 // CreateAccessAndRefreshTokens issues an access token and a refresh token.
@@ -231,7 +258,16 @@ func (s *store) CreateAccessAndRefreshTokens(ctx context.Context, req op.TokenRe
 	if sid != "" {
 		s.sids[next] = sid
 	}
-	return accessID, next, expires, nil
+	return accessID, next, reported(expires), nil
+}
+
+// reported is the expiry of an access token as the OP is told it. The OP
+// answers expires_in with the whole seconds left when it writes the
+// response, rounded down: a lifetime of N seconds would read N-1, and one
+// second no expiry at all. Told a moment under a second later, it answers
+// the configured lifetime; the token still expires at expires.
+func reported(expires time.Time) time.Time {
+	return expires.Add(time.Second - time.Millisecond)
 }
 
 // rememberAccess records an issued access token and returns its expiry.

@@ -37,7 +37,7 @@ type Proxy struct {
 	cut    bool
 	closed bool
 	armed  bool
-	match  []byte
+	match  func(chunk []byte) bool
 	fired  int
 }
 
@@ -96,9 +96,16 @@ func (p *Proxy) URL() string { return "redis://" + p.Addr() }
 // whatever Redis sends after the matching chunk counts as its reply, so
 // pipelined replies still in flight are dropped too.
 func (p *Proxy) DropReplyOnce(match []byte) {
+	match = bytes.Clone(match)
+	p.DropReplyOnceFunc(func(chunk []byte) bool { return bytes.Contains(chunk, match) })
+}
+
+// DropReplyOnceFunc is DropReplyOnce for the next chunk for which match
+// reports true, e.g. one that holds both a key and a command name.
+func (p *Proxy) DropReplyOnceFunc(match func(chunk []byte) bool) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	p.armed, p.match = true, bytes.Clone(match)
+	p.armed, p.match = true, match
 }
 
 // Fired returns how many DropReplyOnce faults have fired: replies
@@ -260,7 +267,7 @@ func (p *Proxy) forwardReplies(c *proxyConn) {
 func (p *Proxy) fire(chunk []byte) bool {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	if !p.armed || !bytes.Contains(chunk, p.match) {
+	if !p.armed || !p.match(chunk) {
 		return false
 	}
 	p.armed, p.match = false, nil
