@@ -332,3 +332,20 @@ func TestFresh(t *testing.T) {
 		})
 	}
 }
+
+// An operator who pastes a handle where a subject belongs (revoke-all by
+// user) must not put its secret into the audit trail.
+func TestAuditKeepsNoHandleSecret(t *testing.T) {
+	id, handle, _, err := newHandle()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := withoutSecret(handle); got != id+".[redacted]" {
+		t.Errorf("withoutSecret(handle) = %q, want the session id only", got)
+	}
+	for _, sub := range []string{"auth0|123", "", id, "a.b"} {
+		if got := withoutSecret(sub); got != sub {
+			t.Errorf("withoutSecret(%q) = %q, want it unchanged", sub, got)
+		}
+	}
+}

@@ -181,7 +181,7 @@ func (s *Service) appendAudit(ctx context.Context, e AuditEvent) error {
 		e.Time = s.cfg.Now()
 	}
 	e.Actor = truncate(e.Actor, 128)
-	e.Subject = truncate(e.Subject, 256)
+	e.Subject = truncate(withoutSecret(e.Subject), 256)
 	e.Detail = truncate(e.Detail, MaxAuditDetailLen)
 	s.log.InfoContext(ctx, "audit", "actor", e.Actor, "action", e.Action, "session_id", e.SessionID, "sub", e.Subject, "outcome", e.Outcome, "detail", e.Detail)
 	if s.cfg.Audit == nil {
@@ -192,6 +192,16 @@ func (s *Service) appendAudit(ctx context.Context, e AuditEvent) error {
 		return err
 	}
 	return nil
+}
+
+// withoutSecret keeps a handle that an operator pasted where a subject
+// belongs out of the audit trail: its secret is replaced, its session id
+// kept.
+func withoutSecret(s string) string {
+	if id, _, ok := parseHandle(s); ok {
+		return id + ".[redacted]"
+	}
+	return s
 }
 
 // audit appends an event whose loss the caller cannot act on.

@@ -282,12 +282,14 @@ func TestProxyWebSocketMaxLifetime(t *testing.T) {
 	up := newWSUpstream(t)
 	b := newTunnelBroker(t, up, fakeTokens{}, TunnelPolicy{MaxLifetime: lifetime, CheckInterval: time.Hour})
 
+	// Before the dial: the tunnel's lifetime starts while the dial is
+	// still reading the 101.
+	opened := time.Now()
 	ws, err := b.dial("/ws/chat")
 	if err != nil {
 		t.Fatalf("dial: %v", err)
 	}
 	defer ws.Close()
-	opened := time.Now()
 	echoOnce(t, ws, "hello")
 	closedWithin(t, ws, 5*time.Second)
 	if age := time.Since(opened); age < lifetime {

@@ -219,6 +219,9 @@ func runBroker(ctx context.Context, cfg *config, rdb redis.UniversalClient, keys
 		h.listening(public.Addr().String(), admin.Addr().String())
 	}
 	servers := []*http.Server{newHTTPServer(srv.Public, log), newHTTPServer(srv.Admin, log)}
+	// Shutdown does not see hijacked connections: close the WebSocket
+	// tunnels when it begins, so clients reconnect to another replica.
+	servers[0].RegisterOnShutdown(proxy.CloseTunnels)
 	errc := make(chan error, 2)
 	tlsOn := cfg.TLSCert != ""
 	go func() {
