@@ -150,19 +150,7 @@ func FuzzLogoutToken(f *testing.F) {
 // empty), typed as a logout token.
 func signJWS(t testing.TB, alg jose.SignatureAlgorithm, key any, kid string, payload []byte) string {
 	t.Helper()
-	opts := (&jose.SignerOptions{}).WithType("logout+jwt")
-	if kid != "" {
-		opts = opts.WithHeader("kid", kid)
-	}
-	signer, err := jose.NewSigner(jose.SigningKey{Algorithm: alg, Key: key}, opts)
-	if err != nil {
-		t.Fatal(err)
-	}
-	jws, err := signer.Sign(payload)
-	if err != nil {
-		t.Fatal(err)
-	}
-	raw, err := jws.CompactSerialize()
+	raw, err := devidp.SignJWS(alg, key, kid, devidp.LogoutTokenType, payload)
 	if err != nil {
 		t.Fatal(err)
 	}

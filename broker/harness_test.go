@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"crypto/rand"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -310,20 +309,7 @@ var errStoreUnavailable = fmt.Errorf("injected: %w", broker.ErrStoreUnavailable)
 func (e *env) signLogoutToken(claims map[string]any) string {
 	e.t.Helper()
 	key, kid := e.idp.SigningKey()
-	signer, err := jose.NewSigner(jose.SigningKey{Algorithm: jose.RS256, Key: key},
-		(&jose.SignerOptions{}).WithType("logout+jwt").WithHeader("kid", kid))
-	if err != nil {
-		e.t.Fatal(err)
-	}
-	payload, err := json.Marshal(claims)
-	if err != nil {
-		e.t.Fatal(err)
-	}
-	jws, err := signer.Sign(payload)
-	if err != nil {
-		e.t.Fatal(err)
-	}
-	raw, err := jws.CompactSerialize()
+	raw, err := devidp.SignJWT(jose.RS256, key, kid, devidp.LogoutTokenType, claims)
 	if err != nil {
 		e.t.Fatal(err)
 	}

@@ -12,6 +12,8 @@ import (
 	"time"
 
 	jose "github.com/go-jose/go-jose/v4"
+
+	"github.com/mobile-token-broker/broker/internal/devidp"
 )
 
 // testKey is an ES256 key under a kid.
@@ -38,19 +40,7 @@ func (k testKey) public() jose.JSONWebKey {
 // empty).
 func (k testKey) sign(t testing.TB, kid string, payload []byte) string {
 	t.Helper()
-	opts := &jose.SignerOptions{}
-	if kid != "" {
-		opts = opts.WithHeader("kid", kid)
-	}
-	signer, err := jose.NewSigner(jose.SigningKey{Algorithm: jose.ES256, Key: k.priv}, opts)
-	if err != nil {
-		t.Fatal(err)
-	}
-	jws, err := signer.Sign(payload)
-	if err != nil {
-		t.Fatal(err)
-	}
-	raw, err := jws.CompactSerialize()
+	raw, err := devidp.SignJWS(jose.ES256, k.priv, kid, "", payload)
 	if err != nil {
 		t.Fatal(err)
 	}
