@@ -269,6 +269,7 @@ func NewProxy(cfg ProxyConfig) (*Proxy, error) {
 		// them; a response of known length goes out as the server's buffer
 		// fills, which saves a flush per response on the hot path.
 		FlushInterval:  0,
+		BufferPool:     copyBuffers,
 		ModifyResponse: p.checkResponse,
 		ErrorHandler:   p.upstreamError,
 		ErrorLog:       slog.NewLogLogger(cfg.Logger.Handler(), slog.LevelWarn),
