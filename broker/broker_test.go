@@ -349,3 +349,24 @@ func TestAuditKeepsNoHandleSecret(t *testing.T) {
 		}
 	}
 }
+
+// truncate never leaves a partial UTF-8 sequence behind.
+func TestTruncate(t *testing.T) {
+	tests := []struct {
+		in   string
+		n    int
+		want string
+	}{
+		{"short", 10, "short"},
+		{"abcdef", 3, "abc"},
+		{"aé", 2, "a"},   // é is 2 bytes: cut in its middle
+		{"a€b", 3, "a"},  // € is 3 bytes
+		{"a€b", 4, "a€"}, // exactly after it
+		{"", 0, ""},
+	}
+	for _, tt := range tests {
+		if got := truncate(tt.in, tt.n); got != tt.want || len(got) > tt.n {
+			t.Errorf("truncate(%q, %d) = %q, want %q", tt.in, tt.n, got, tt.want)
+		}
+	}
+}

@@ -7,7 +7,6 @@ import (
 	"encoding/base64"
 	"strings"
 	"time"
-	"unicode/utf8"
 )
 
 // Session is one signed-in app installation: the tokens the IdP issued, held
@@ -56,19 +55,13 @@ const (
 	MaxAuditDetailLen = 512
 )
 
-// truncate cuts s to at most n bytes without splitting a UTF-8 sequence.
+// truncate cuts s to at most n bytes without leaving a partial UTF-8
+// sequence (or any invalid one) behind.
 func truncate(s string, n int) string {
 	if len(s) <= n {
 		return s
 	}
-	s = s[:n]
-	for i := 0; i < 3 && len(s) > 0; i++ {
-		if r, size := utf8.DecodeLastRuneInString(s); r != utf8.RuneError || size != 1 {
-			break
-		}
-		s = s[:len(s)-1]
-	}
-	return strings.ToValidUTF8(s, "")
+	return strings.ToValidUTF8(s[:n], "")
 }
 
 // ExpiresAt is when the session ends if unused from now on: the earlier of its
