@@ -109,7 +109,7 @@ func NewMetrics() *Metrics {
 		}),
 		tunnelsDone: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "broker_websocket_tunnels_closed_total",
-			Help: "Proxied WebSocket tunnels closed, by reason: closed (by either end), session_ended, max_lifetime, check_failed (the session store did not answer).",
+			Help: "Proxied WebSocket tunnels closed, by reason: closed (by either end), session_ended, max_lifetime, check_failed (the session store did not answer), shutdown (the broker stopped).",
 		}, []string{"reason"}),
 		refusedVec: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "broker_connections_refused_total",

@@ -260,11 +260,15 @@ func (p *Proxy) resolve(escaped string) (route Route, tail, decoded string, ok b
 	// A longer route that matches once case and trailing dots are ignored
 	// is a carve-out an upstream comparing that way would give away:
 	// /api/INTERNAL/x must not go to the /api upstream. Routes are sorted
-	// longest first, so only those before route can be longer.
-	segs := strings.Split(route.Prefix[1:]+decoded, "/")
+	// longest first, so only those before route can be longer; the path is
+	// split only when there is one, which the longest route never has.
+	var segs []string
 	for _, r := range p.routes {
 		if len(r.Prefix) <= len(route.Prefix) {
 			break
+		}
+		if segs == nil {
+			segs = strings.Split(route.Prefix[1:]+decoded, "/")
 		}
 		if foldedHasPrefix(segs, r.Prefix) {
 			return Route{}, "", "", true, errPathOtherRoute
