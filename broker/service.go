@@ -365,7 +365,7 @@ func (s *Service) Authenticate(ctx context.Context, handle string) (*Session, er
 // invalid handles. An unreadable record is logged once per process with its
 // session id, never with what it holds.
 func (s *Service) get(ctx context.Context, id string) (*Session, error) {
-	sess, err := s.cfg.Store.Get(ctx, id)
+	sess, err := s.cfg.Store.Lookup(ctx, id)
 	switch {
 	case err == nil:
 		return sess, nil

@@ -28,9 +28,18 @@ type Store interface {
 	// Create persists a new session at generation 1 that expires at
 	// s.ExpiresAt().
 	Create(ctx context.Context, s *Session) error
-	// Get returns the session with the given id. The store's own expiry is a
-	// backstop: callers still check Session.Ended.
+	// Get returns the session with the given id as the backend holds it
+	// now. The store's own expiry is a backstop: callers still check
+	// Session.Ended.
 	Get(ctx context.Context, id string) (*Session, error)
+	// Lookup is Get for the request path. It may answer from a copy held in
+	// process, which the store drops the moment the record changes or ends
+	// anywhere, by any path (a write of any replica, an expiry, an edit by
+	// hand), and which it does not use while it cannot learn of such
+	// changes. A copy may lag a change made elsewhere by the time the news
+	// takes to arrive, never more. Decisions that write (the refresh
+	// protocol, ends) read with Get.
+	Lookup(ctx context.Context, id string) (*Session, error)
 	// UpdateTokens is the fenced write of a refresh. In one atomic step it
 	// stores t as generation from+1, only while lease (taken from the
 	// Locker of this store for this session) is still held and the record is

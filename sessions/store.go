@@ -11,6 +11,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"log/slog"
 	"math"
 	"slices"
 	"strconv"
@@ -32,6 +33,13 @@ type Options struct {
 	// the stream in whole nodes, so a few more may stay); DefaultAuditMaxLen
 	// when zero.
 	AuditMaxLen int64
+	// Cache, when set, keeps opened sessions in process for Lookup, kept
+	// coherent by Redis's invalidations (see tracking.go); Close stops it.
+	// Nil means Lookup reads Redis every time.
+	Cache *CacheOptions
+	// Logger receives the cache's changes of state; slog.Default() when
+	// nil.
+	Logger *slog.Logger
 }
 
 // Store is the Redis implementation of the broker's session store, refresh
@@ -42,6 +50,8 @@ type Store struct {
 	now         func() time.Time
 	auditMaxLen int64
 	opened      *openCache
+	cache       *sessionCache // nil without Options.Cache
+	tracker     *tracker
 }
 
 var (
@@ -65,7 +75,33 @@ func New(client redis.UniversalClient, keys *Keyring, opts Options) *Store {
 	if s.auditMaxLen <= 0 {
 		s.auditMaxLen = DefaultAuditMaxLen
 	}
+	if opts.Cache != nil && !opts.Cache.Disabled {
+		log := opts.Logger
+		if log == nil {
+			log = slog.Default()
+		}
+		s.cache = newSessionCache(*opts.Cache)
+		s.tracker = startTracker(client, s.cache, log)
+	}
 	return s
+}
+
+// Close stops the session cache's invalidation channels. The Store keeps
+// working without the cache; the Redis client is the caller's to close,
+// after Close.
+func (s *Store) Close() {
+	if s.tracker != nil {
+		s.tracker.close()
+	}
+}
+
+// CacheStats returns the session cache's figures; the zero value without
+// a cache.
+func (s *Store) CacheStats() CacheStats {
+	if s.cache == nil {
+		return CacheStats{}
+	}
+	return s.cache.stats()
 }
 
 // Create stores a new session at generation 1, then adds it to the
@@ -153,6 +189,38 @@ func (s *Store) Get(ctx context.Context, id string) (*broker.Session, error) {
 	return sess, nil
 }
 
+// Lookup is Get for the request path: a warm session is answered from the
+// in-process cache without a round trip, while the cache's invalidation
+// channel is up; otherwise it reads Redis as Get does, and keeps what it
+// read. Errors are never cached.
+func (s *Store) Lookup(ctx context.Context, id string) (*broker.Session, error) {
+	if s.cache == nil {
+		return s.Get(ctx, id)
+	}
+	if sess, ok := s.cache.get(id); ok {
+		return sess, nil
+	}
+	t, fill := s.cache.take(id)
+	sess, err := s.Get(ctx, id)
+	switch {
+	case !fill:
+	case err != nil:
+		s.cache.release(t)
+	default:
+		kept := *sess
+		s.cache.fill(t, &kept, s.now())
+	}
+	return sess, err
+}
+
+// forget drops a session this process just changed from its cache: the
+// invalidation Redis sends for the change does the same, moments later.
+func (s *Store) forget(id string) {
+	if s.cache != nil {
+		s.cache.invalidate(id)
+	}
+}
+
 // UpdateTokens stores t as generation from+1, fenced by the lease and the
 // generation in one script (see updateTokensScript).
 //
@@ -221,6 +289,7 @@ func (s *Store) UpdateTokens(ctx context.Context, id string, l broker.Lease, fro
 	}
 	res, err := updateTokensScript.Run(ctx, s.client, []string{key, lockKey(id)},
 		strconv.FormatUint(from, 10), strconv.FormatUint(from+1, 10), held.token, tok).Int()
+	s.forget(id)
 	if err != nil {
 		return storeError(ctx, "update tokens of session "+id, err)
 	}
@@ -248,6 +317,7 @@ func (s *Store) Touch(ctx context.Context, id string, at, expiresAt time.Time) e
 		return fmt.Errorf("touch session %s: %w", id, err)
 	}
 	touched, err := touchScript.Run(ctx, s.client, []string{sessionKey(id)}, at.UnixMilli(), expiresAt.UnixMilli(), lu).Int()
+	s.forget(id)
 	if err != nil {
 		return storeError(ctx, "touch session "+id, err)
 	}

@@ -56,6 +56,13 @@ type config struct {
 	WebSocketRoutes        string   `env:"BROKER_WEBSOCKET_ROUTES"`
 	WebSocketMaxLifetime   duration `env:"BROKER_WEBSOCKET_MAX_LIFETIME"`
 	WebSocketCheckInterval duration `env:"BROKER_WEBSOCKET_CHECK_INTERVAL"`
+	// SessionCache keeps opened sessions in process, invalidated by Redis
+	// (see sessions.Store.Lookup); unset sizes take the sessions package's
+	// defaults.
+	SessionCache         bool     `env:"BROKER_SESSION_CACHE" envDefault:"true"`
+	SessionCacheEntries  count    `env:"BROKER_SESSION_CACHE_ENTRIES"`
+	SessionCacheMaxBytes count    `env:"BROKER_SESSION_CACHE_MAX_BYTES"`
+	SessionCacheTTL      duration `env:"BROKER_SESSION_CACHE_TTL"`
 	// TLSCert and TLSKey, both or neither, serve the public listener over
 	// TLS (HTTP/2 by ALPN) from PEM files.
 	TLSCert string `env:"BROKER_TLS_CERT"`
@@ -72,6 +79,18 @@ type config struct {
 	OTelServiceName    string `env:"OTEL_SERVICE_NAME" envDefault:"token-broker"`
 	OTelSDKDisabled    string `env:"OTEL_SDK_DISABLED"`
 	OTelTracesExporter string `env:"OTEL_TRACES_EXPORTER"`
+}
+
+// cacheOptions are the session cache's settings; nil when it is off.
+func (c *config) cacheOptions() *sessions.CacheOptions {
+	if !c.SessionCache {
+		return nil
+	}
+	return &sessions.CacheOptions{
+		MaxEntries: int(c.SessionCacheEntries),
+		MaxBytes:   int64(c.SessionCacheMaxBytes),
+		TTL:        time.Duration(c.SessionCacheTTL),
+	}
 }
 
 // tracesEndpoint returns the URL the OTLP/HTTP exporter posts spans to, or
@@ -187,6 +206,7 @@ func loadConfig(getenv func(string) string, requireKeys bool) (*config, error) {
 		{"UpstreamTimeout", time.Duration(cfg.UpstreamTimeout)},
 		{"WebSocketMaxLifetime", time.Duration(cfg.WebSocketMaxLifetime)},
 		{"WebSocketCheckInterval", time.Duration(cfg.WebSocketCheckInterval)},
+		{"SessionCacheTTL", time.Duration(cfg.SessionCacheTTL)},
 	} {
 		if name := envName(d.field); environ[name] != "" && !invalid[name] && d.v <= 0 {
 			problems = append(problems, envName(d.field)+" must be a positive duration such as 30s or 720h")

@@ -113,8 +113,14 @@ func runBroker(ctx context.Context, cfg *config, rdb redis.UniversalClient, keys
 			h.tracerProvider(tp)
 		}
 	}
-	store := sessions.New(rdb, keys, sessions.Options{Now: h.now})
+	store := sessions.New(rdb, keys, sessions.Options{Now: h.now, Cache: cfg.cacheOptions(), Logger: log})
+	// After the service's background work, which reads the store, and
+	// before the Redis client closes.
+	defer store.Close()
 	metrics := handlers.NewMetrics()
+	if err := metrics.Register(cacheCollector{store.CacheStats}); err != nil {
+		return err
+	}
 	bcfg := broker.Config{
 		Issuer:       cfg.Issuer,
 		ClientID:     cfg.ClientID,
