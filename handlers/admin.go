@@ -330,7 +330,7 @@ func (s *Server) adminGetSession(c echo.Context) error {
 	if err != nil {
 		return notFoundAsNoSuchSession(err)
 	}
-	c.Set(ctxSessionID, sess.ID)
+	setSessionID(c, sess.ID)
 	noStore(c)
 	return c.JSON(http.StatusOK, adminSessionOf(sess))
 }
@@ -346,7 +346,7 @@ func (s *Server) adminRevokeSession(c echo.Context) error {
 	if err := s.cfg.Service.RevokeSession(c.Request().Context(), id, actor(c)); err != nil {
 		return notFoundAsNoSuchSession(err)
 	}
-	c.Set(ctxSessionID, id)
+	setSessionID(c, id)
 	return c.NoContent(http.StatusNoContent)
 }
 

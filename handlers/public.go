@@ -97,7 +97,7 @@ func (s *Server) createSession(c echo.Context) error {
 	if err != nil {
 		return err
 	}
-	c.Set(ctxSessionID, ns.Session.ID)
+	setSessionID(c, ns.Session.ID)
 	noStore(c)
 	return c.JSON(http.StatusCreated, createSessionResponse{
 		Session:   ns.Handle,
@@ -161,7 +161,7 @@ func (s *Server) authenticate(c echo.Context) (*broker.Session, error) {
 	if err != nil {
 		return nil, err
 	}
-	c.Set(ctxSessionID, sess.ID)
+	setSessionID(c, sess.ID)
 	return sess, nil
 }
 

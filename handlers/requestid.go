@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/rand"
 	"log/slog"
+	"time"
 
 	"github.com/labstack/echo/v4"
 )
@@ -16,17 +17,58 @@ const requestIDHeader = "X-Request-Id"
 // maxRequestIDLen bounds a client-sent id, which lands on every log line.
 const maxRequestIDLen = 128
 
-type requestIDKey struct{}
+// requestState is what the broker keeps of one request, in its context
+// from the first middleware on: one value, one copy of the request, and one
+// clock read at the start, however many parts of the broker use them.
+type requestState struct {
+	id    string    // the request id
+	start time.Time // when the broker began with the request
+	// elapsed is the request's duration, taken once by the access log for
+	// the log line and the metrics alike.
+	elapsed time.Duration
+	// sessionID is the session the request used, for the access log and
+	// the trace, once a handler knows it.
+	sessionID string
+	// target is the proxied request's destination and token (see Proxy).
+	target *target
+}
+
+type requestStateKey struct{}
 
 // ContextWithRequestID returns ctx carrying the request id id.
 func ContextWithRequestID(ctx context.Context, id string) context.Context {
-	return context.WithValue(ctx, requestIDKey{}, id)
+	return context.WithValue(ctx, requestStateKey{}, &requestState{id: id, start: time.Now()})
+}
+
+// stateOf returns the state of the request whose context ctx is, or nil
+// outside a request.
+func stateOf(ctx context.Context) *requestState {
+	st, _ := ctx.Value(requestStateKey{}).(*requestState)
+	return st
 }
 
 // RequestID returns the request id ctx carries, or "".
 func RequestID(ctx context.Context) string {
-	id, _ := ctx.Value(requestIDKey{}).(string)
-	return id
+	if st := stateOf(ctx); st != nil {
+		return st.id
+	}
+	return ""
+}
+
+// setSessionID records the session a request used, for the access log and
+// the trace.
+func setSessionID(c echo.Context, id string) {
+	if st := stateOf(c.Request().Context()); st != nil {
+		st.sessionID = id
+	}
+}
+
+// sessionIDOf returns the session a request used, or "".
+func sessionIDOf(c echo.Context) string {
+	if st := stateOf(c.Request().Context()); st != nil {
+		return st.sessionID
+	}
+	return ""
 }
 
 // saneRequestID reports whether a client-sent id may be kept: 1 to 128

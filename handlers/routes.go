@@ -17,8 +17,9 @@ func (s *Server) routes() {
 	s.cfg.Proxy.useMetrics(s.metrics)
 	// Proxied bodies stream at a minimum rate rather than a total time.
 	for _, r := range s.cfg.Proxy.Routes() {
-		pub.Any(r.Prefix, s.cfg.Proxy.Handler, streamBody, s.limitInvalidHandles)
-		pub.Any(r.Prefix+"/*", s.cfg.Proxy.Handler, streamBody, s.limitInvalidHandles)
+		h := s.cfg.Proxy.handlerFor(r)
+		pub.Any(r.Prefix, h, streamBody, s.limitInvalidHandles)
+		pub.Any(r.Prefix+"/*", h, streamBody, s.limitInvalidHandles)
 	}
 
 	adm := s.Admin
