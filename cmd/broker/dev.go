@@ -1,3 +1,5 @@
+//go:build !nodev
+
 package main
 
 import (
@@ -7,7 +9,6 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"log/slog"
@@ -17,6 +18,7 @@ import (
 	"time"
 
 	"github.com/alicebob/miniredis/v2"
+	"github.com/spf13/cobra"
 	"golang.org/x/oauth2"
 
 	"github.com/mobile-token-broker/broker/internal/devidp"
@@ -33,18 +35,48 @@ const (
 	devAccessTokenTTL = time.Minute
 )
 
-// devCommand runs `broker dev` and `broker dev login`.
-func devCommand(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error {
-	if len(args) > 0 && args[0] == "login" {
-		return devLogin(ctx, args[1:], stdout)
+// addDevCommand adds `broker dev` and `broker dev login`; a build with
+// -tags nodev leaves them out, and with them the development OpenID
+// Provider and the embedded store (nodev.go).
+func addDevCommand(root *cobra.Command, a *app) {
+	var ef envFlags
+	var idpAddr string
+	dev := &cobra.Command{
+		Use:   "dev",
+		Short: "Run a self-contained development stack",
+		Long: `Run a self-contained development stack: a development OpenID Provider with a
+demo user, a demo upstream, an embedded store unless BROKER_REDIS_URL is set,
+and the broker itself. For development only: never expose it.`,
+		GroupID: groupDev,
+		Args:    noArgs,
+		RunE: func(c *cobra.Command, _ []string) error {
+			getenv, err := resolveEnv(ef.getenv(a.getenv))
+			if err != nil {
+				return err
+			}
+			return runDev(c.Context(), getenv, idpAddr, a.stdout, a.stderr, nil)
+		},
 	}
-	fs := flag.NewFlagSet("broker dev", flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	idpAddr := fs.String("idp", devIdPAddr, "listen address of the development OpenID Provider")
-	if err := fs.Parse(args); err != nil {
-		return errUsage
+	dev.Flags().StringVar(&idpAddr, "idp", devIdPAddr, "listen address of the development OpenID Provider")
+	ef.add(dev.Flags(), "BROKER_LISTEN", "BROKER_ADMIN_LISTEN", "BROKER_REDIS_URL")
+	dev.Flag("listen").Usage = "overrides $BROKER_LISTEN (default " + devListen + ")"
+	dev.Flag("admin-listen").Usage = "overrides $BROKER_ADMIN_LISTEN (default " + devAdminListen + ")"
+	dev.Flag("redis-url").Usage = "overrides $BROKER_REDIS_URL (default: an embedded in-memory store)"
+
+	var lo devLoginOptions
+	login := &cobra.Command{
+		Use:   "login",
+		Short: "Play the mobile app against `broker dev` and print the session handle",
+		Args:  noArgs,
+		RunE:  func(c *cobra.Command, _ []string) error { return devLogin(c.Context(), &lo, a.stdout) },
 	}
-	return runDev(ctx, getenv, *idpAddr, stdout, stderr, nil)
+	login.Flags().StringVar(&lo.broker, "broker", "http://"+devListen, "the broker's public URL")
+	login.Flags().StringVar(&lo.issuer, "idp", "http://"+devIdPAddr, "the development IdP's issuer URL")
+	login.Flags().StringVar(&lo.user, "user", devidp.DemoUsername, "username at the development IdP")
+	login.Flags().StringVar(&lo.password, "password", devidp.DemoPassword, "password at the development IdP")
+	login.Flags().BoolVarP(&lo.verbose, "verbose", "v", false, "print the whole session response, not only the handle")
+	dev.AddCommand(login)
+	root.AddCommand(dev)
 }
 
 // runDev starts a self-contained development stack: a development OpenID
@@ -192,16 +224,13 @@ func startDemoUpstream(issuer string) (*http.Server, string, error) {
 // PKCE pair, signs the demo user in at the development IdP the way the
 // system browser would, hands code and verifier to the broker and prints the
 // session handle.
-func devLogin(ctx context.Context, args []string, stdout io.Writer) error {
-	fs := flag.NewFlagSet("broker dev login", flag.ContinueOnError)
-	brokerURL := fs.String("broker", "http://"+devListen, "the broker's public URL")
-	issuer := fs.String("idp", "http://"+devIdPAddr, "the development IdP's issuer URL")
-	user := fs.String("user", devidp.DemoUsername, "username at the development IdP")
-	password := fs.String("password", devidp.DemoPassword, "password at the development IdP")
-	verbose := fs.Bool("v", false, "print the whole session response, not only the handle")
-	if err := fs.Parse(args); err != nil {
-		return errUsage
-	}
+type devLoginOptions struct {
+	broker, issuer, user, password string
+	verbose                        bool
+}
+
+func devLogin(ctx context.Context, o *devLoginOptions, stdout io.Writer) error {
+	brokerURL, issuer, user, password, verbose := &o.broker, &o.issuer, &o.user, &o.password, &o.verbose
 	verifier := oauth2.GenerateVerifier()
 	nonce := rand.Text()
 	code, err := devidp.Login(ctx, *issuer, devidp.DefaultClientID, devidp.LoginRequest{
@@ -246,12 +275,4 @@ func devLogin(ctx context.Context, args []string, stdout io.Writer) error {
 	}
 	fmt.Fprintln(stdout, created.Session)
 	return nil
-}
-
-// redisLogger routes go-redis's own messages (reconnects, pool problems) to
-// the broker's log.
-type redisLogger struct{ log *slog.Logger }
-
-func (l redisLogger) Printf(ctx context.Context, format string, v ...any) {
-	l.log.WarnContext(ctx, "redis: "+fmt.Sprintf(format, v...))
 }

@@ -1,3 +1,5 @@
+//go:build !nodev
+
 package main
 
 import (
@@ -44,7 +46,7 @@ func TestDevStack(t *testing.T) {
 	}
 
 	var handle bytes.Buffer
-	if err := run(ctx, []string{"dev", "login", "-broker", "http://" + addrs[0], "-idp", issuer[1]}, getenv, &handle, io.Discard); err != nil {
+	if err := run(ctx, []string{"dev", "login", "--broker", "http://" + addrs[0], "--idp", issuer[1]}, getenv, &handle, io.Discard); err != nil {
 		t.Fatalf("broker dev login: %v", err)
 	}
 	h := strings.TrimSpace(handle.String())
