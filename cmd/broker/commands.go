@@ -218,12 +218,13 @@ func envDefaults() map[string]string {
 // serveFlagVariables are the variables `broker serve` takes as flags: every
 // BROKER_ setting but the secrets, which belong in the environment or in
 // files (*_FILE) rather than in the process's arguments, visible to every
-// user of the host. The OpenTelemetry variables stay variables, as in every
-// other program that reads them.
+// user of the host. BROKER_REDIS_URL has a flag for a store without a
+// password. The OpenTelemetry variables stay variables, as in every other
+// program that reads them.
 func serveFlagVariables() []string {
 	var out []string
 	for _, name := range envNames() {
-		if strings.HasPrefix(name, "BROKER_") && !slices.Contains(secretVariables, name) {
+		if strings.HasPrefix(name, "BROKER_") && (name == "BROKER_REDIS_URL" || !slices.Contains(secretVariables, name)) {
 			out = append(out, name)
 		}
 	}

@@ -6,18 +6,23 @@ import (
 	"context"
 	"crypto/rand"
 	"crypto/sha256"
+	"encoding/base64"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"log/slog"
 	"net"
 	"net/http"
+	"os"
+	"path/filepath"
 	"strings"
 	"time"
 
 	"github.com/alicebob/miniredis/v2"
+	"github.com/redis/go-redis/v9"
 	"github.com/spf13/cobra"
 	"golang.org/x/oauth2"
 
@@ -50,11 +55,7 @@ and the broker itself. For development only: never expose it.`,
 		GroupID: groupDev,
 		Args:    noArgs,
 		RunE: func(c *cobra.Command, _ []string) error {
-			getenv, err := resolveEnv(ef.getenv(a.getenv))
-			if err != nil {
-				return err
-			}
-			return runDev(c.Context(), getenv, idpAddr, a.stdout, a.stderr, nil)
+			return runDev(c.Context(), ef.getenv(a.getenv), idpAddr, a.stdout, a.stderr, nil)
 		},
 	}
 	dev.Flags().StringVar(&idpAddr, "idp", devIdPAddr, "listen address of the development OpenID Provider")
@@ -83,7 +84,12 @@ and the broker itself. For development only: never expose it.`,
 // Provider, a demo upstream, an embedded store unless BROKER_REDIS_URL is
 // set, ephemeral keys, and the broker itself.
 func runDev(ctx context.Context, getenv func(string) string, idpAddr string, stdout, stderr io.Writer, h *hooks) error {
+	getenv, err := resolveEnv(getenv)
+	if err != nil {
+		return err
+	}
 	log := slog.New(slog.NewJSONHandler(stderr, nil))
+	redis.SetLogger(redisLogger{log})
 	warn := func(msg string) {
 		log.Warn(msg)
 		fmt.Fprintln(stderr, "WARNING: "+msg)
@@ -111,9 +117,24 @@ func runDev(ctx context.Context, getenv func(string) string, idpAddr string, std
 		redisURL = "redis://" + mr.Addr()
 		warn("BROKER_REDIS_URL is not set: using an embedded in-memory store; every session vanishes when this process exits")
 	}
-	keys, err := sessions.NewEphemeralKeyring()
-	if err != nil {
-		return err
+	var keys *sessions.Keyring
+	if getenv("BROKER_REDIS_URL") == "" {
+		// The embedded store dies with the process, and its sessions with
+		// it: an ephemeral key loses nothing more.
+		if keys, err = sessions.NewEphemeralKeyring(); err != nil {
+			return err
+		}
+	} else if getenv("BROKER_ENCRYPTION_KEYS") == "" {
+		var path string
+		keys, path, err = devKeyring()
+		if err != nil {
+			warn("BROKER_REDIS_URL is set but the development key could not be kept (" + err.Error() + "): sessions are sealed under a key that dies with this process, and every saved handle fails after a restart; set BROKER_ENCRYPTION_KEYS to keep them")
+			if keys, err = sessions.NewEphemeralKeyring(); err != nil {
+				return err
+			}
+		} else {
+			warn("BROKER_REDIS_URL is set: sessions are sealed under the development key kept in " + path + ", so they survive a restart; whoever reads that file can open them. Set BROKER_ENCRYPTION_KEYS to use a key of your own")
+		}
 	}
 	adminToken := rand.Text()
 	env := map[string]string{
@@ -140,6 +161,7 @@ func runDev(ctx context.Context, getenv func(string) string, idpAddr string, std
 	if err != nil {
 		return err
 	}
+	warnSettings(log, cfg, getenv)
 	if cfg.EncryptionKeys.Keyring != nil {
 		keys = cfg.EncryptionKeys.Keyring
 	}
@@ -162,6 +184,57 @@ func runDev(ctx context.Context, getenv func(string) string, idpAddr string, std
 		}
 	}
 	return runBroker(ctx, cfg, rdb, keys, log, h)
+}
+
+// devKeyFile is where `broker dev` keeps its encryption key for a store of
+// its user's (BROKER_REDIS_URL), under the user's cache directory.
+const devKeyFile = "mobile-token-broker/dev-encryption-key"
+
+// devKeyring returns the development key kept in the user's cache
+// directory, making it on first use: sessions that `broker dev` stores in a
+// Redis of the user's then survive a restart. The file is the user's only
+// (0600) and holds a BROKER_ENCRYPTION_KEYS value.
+func devKeyring() (*sessions.Keyring, string, error) {
+	dir, err := os.UserCacheDir()
+	if err != nil {
+		return nil, "", err
+	}
+	path := filepath.Join(dir, devKeyFile)
+	if raw, err := readSecretFile(path); err == nil {
+		keys, err := sessions.ParseKeyring(raw)
+		if err != nil {
+			return nil, "", fmt.Errorf("%s does not hold a key: %w", path, err)
+		}
+		return keys, path, nil
+	} else if !errors.Is(err, fs.ErrNotExist) {
+		return nil, "", err
+	}
+	key := make([]byte, 32)
+	if _, err := rand.Read(key); err != nil {
+		return nil, "", err
+	}
+	raw := "dev:" + base64.StdEncoding.EncodeToString(key)
+	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
+		return nil, "", err
+	}
+	// O_EXCL: of two `broker dev` starting at once, one writes the key and
+	// the other reads it.
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+	if errors.Is(err, fs.ErrExist) {
+		return devKeyring()
+	}
+	if err != nil {
+		return nil, "", err
+	}
+	if _, err := f.WriteString(raw + "\n"); err != nil {
+		f.Close()
+		return nil, "", err
+	}
+	if err := f.Close(); err != nil {
+		return nil, "", err
+	}
+	keys, err := sessions.ParseKeyring(raw)
+	return keys, path, err
 }
 
 func printWalkthrough(w io.Writer, public, admin, issuer, adminToken string) {

@@ -17,6 +17,10 @@ import (
 // --remove-unreadable it ends the sessions that cannot be read, which the
 // serving brokers then audit.
 func rekey(ctx context.Context, removeUnreadable bool, getenv func(string) string, stdout io.Writer) error {
+	getenv, err := resolveEnv(getenv)
+	if err != nil {
+		return err
+	}
 	var problems []string
 	rdb, problem := redisFromEnv(getenv)
 	if problem != "" {

@@ -53,6 +53,10 @@ type hooks struct {
 }
 
 func serve(ctx context.Context, getenv func(string) string, _, stderr io.Writer, h *hooks) error {
+	getenv, err := resolveEnv(getenv)
+	if err != nil {
+		return err
+	}
 	cfg, err := loadConfig(getenv, true)
 	if err != nil {
 		return err

@@ -24,11 +24,7 @@ retrying both until they are.`,
 		GroupID: groupService,
 		Args:    noArgs,
 		RunE: func(c *cobra.Command, _ []string) error {
-			getenv, err := resolveEnv(ef.getenv(a.getenv))
-			if err != nil {
-				return err
-			}
-			return serve(c.Context(), getenv, a.stdout, a.stderr, nil)
+			return serve(c.Context(), ef.getenv(a.getenv), a.stdout, a.stderr, nil)
 		},
 	}
 	ef.add(cmd.Flags(), serveFlagVariables()...)
@@ -46,11 +42,7 @@ step converts sealed session records.`,
 		GroupID: groupService,
 		Args:    noArgs,
 		RunE: func(c *cobra.Command, _ []string) error {
-			getenv, err := resolveEnv(ef.getenv(a.getenv))
-			if err != nil {
-				return err
-			}
-			return migrate(c.Context(), getenv, a.stdout)
+			return migrate(c.Context(), ef.getenv(a.getenv), a.stdout)
 		},
 	}
 	ef.add(cmd.Flags(), "BROKER_REDIS_URL")
@@ -69,11 +61,7 @@ BROKER_REDIS_URL and BROKER_ENCRYPTION_KEYS; runs beside serving brokers.`,
 		GroupID: groupService,
 		Args:    noArgs,
 		RunE: func(c *cobra.Command, _ []string) error {
-			getenv, err := resolveEnv(ef.getenv(a.getenv))
-			if err != nil {
-				return err
-			}
-			return rekey(c.Context(), removeUnreadable, getenv, a.stdout)
+			return rekey(c.Context(), removeUnreadable, ef.getenv(a.getenv), a.stdout)
 		},
 	}
 	cmd.Flags().BoolVar(&removeUnreadable, "remove-unreadable", false,
