@@ -89,6 +89,10 @@ type Service struct {
 	pending    pendingTokens
 	unreadable unreadableSeen
 	life       *lifecycle
+
+	// discoveryProblem says why discovery is failing, for the readiness
+	// probe; see DiscoveryProblem.
+	discoveryProblem atomic.Pointer[string]
 	// refreshClient is cfg.HTTPClient without its Timeout.
 	refreshClient *http.Client
 	// shortTokens is set once an access token that lives shorter than

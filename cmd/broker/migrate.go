@@ -15,6 +15,10 @@ import (
 // BROKER_REDIS_URL, and BROKER_ENCRYPTION_KEYS when a pending step converts
 // sealed session records.
 func migrate(ctx context.Context, getenv func(string) string, stdout io.Writer) error {
+	getenv, err := resolveEnv(getenv)
+	if err != nil {
+		return err
+	}
 	rdb, problem := redisFromEnv(getenv)
 	if problem != "" {
 		return &configError{problems: []string{problem}}
