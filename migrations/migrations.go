@@ -245,7 +245,13 @@ func Apply(ctx context.Context, c redis.UniversalClient, opts Options) (Result, 
 				return res, ctx.Err()
 			case <-time.After(opts.Settle):
 			}
-			if err := step.Up(ctx, c, opts, &res); err != nil {
+			// The second run meets again the records the first could not
+			// open: its count of them is the one that stands.
+			var again Result
+			err := step.Up(ctx, c, opts, &again)
+			res.Upgraded += again.Upgraded
+			res.Unreadable, res.UnreadableIDs = again.Unreadable, again.UnreadableIDs
+			if err != nil {
 				return res, fmt.Errorf("migration %d (%s), second run: %w", step.Version, step.Name, err)
 			}
 		}
