@@ -33,10 +33,14 @@ return 1
 	// write, fenced by the generation alone). HSET keeps the key's expiry.
 	// It answers 1 when written (or when it finds its own write: the
 	// generation after and the very same blob), 0 when the session is gone,
-	// 2 when the generation moved, 3 when the lease was lost.
+	// 2 when the generation moved, 3 when the lease was lost, 4 when the
+	// record is no longer at the record version ARGV[5] the tokens were
+	// sealed for (a migration converted it). A version 1 record without
+	// gen is at generation 1.
 	updateTokensScript = redis.NewScript(`
 if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
-local gen = redis.call('HGET', KEYS[1], 'gen')
+if redis.call('HGET', KEYS[1], 'v') ~= ARGV[5] then return 4 end
+local gen = redis.call('HGET', KEYS[1], 'gen') or '1'
 if gen ~= ARGV[1] then
   if gen == ARGV[2] and redis.call('HGET', KEYS[1], 'tok') == ARGV[4] then return 1 end
   return 2

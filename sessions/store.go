@@ -104,7 +104,8 @@ func (s *Store) CacheStats() CacheStats {
 	return s.cache.stats()
 }
 
-// Create stores a new session at generation 1, then adds it to the
+// Create stores a new session at generation 1, at record version 1 on a
+// store one schema version behind (see writesVersion1), then adds it to the
 // subject's index, the expiry index and, if it has one, the sid's. The index
 // entries come second: a session missing from an index could escape a
 // revocation, while an index entry without a session is merely pruned later.
@@ -115,38 +116,61 @@ func (s *Store) Create(ctx context.Context, sess *broker.Session) error {
 	if !broker.ValidSessionID(sess.ID) {
 		return errors.New("create session: invalid session id")
 	}
+	v1, err := s.writesVersion1(ctx)
+	if err != nil {
+		return fmt.Errorf("create session: %w", err)
+	}
+	if v1 {
+		return s.create(ctx, sess, s.version1Fields)
+	}
+	return s.create(ctx, sess, s.recordFields)
+}
+
+// recordFields returns the fields of sess as a record of the current
+// version, at generation 1.
+func (s *Store) recordFields(sess *broker.Session) ([]any, error) {
 	b := bindingOf(sess)
 	claims, err := s.sealClaims(sess.ID, b, sess.Claims)
 	if err != nil {
-		return fmt.Errorf("create session: %w", err)
+		return nil, err
 	}
 	tok, err := s.sealTokens(sess.ID, b, 1, sess.Tokens)
 	if err != nil {
-		return fmt.Errorf("create session: %w", err)
+		return nil, err
 	}
 	lu, err := s.sealLastUse(sess.ID, sess.LastUsedAt)
+	if err != nil {
+		return nil, err
+	}
+	return []any{
+		fieldVersion, recordVersion,
+		fieldGen, 1,
+		fieldSecretHash, hex.EncodeToString(sess.SecretHash),
+		fieldSub, sess.Subject,
+		fieldSID, sess.SID,
+		fieldClientID, sess.ClientID,
+		fieldCreatedAt, b.createdAt,
+		fieldAbsExp, b.absExp,
+		fieldIdle, b.idle,
+		fieldLastUsedAt, sess.LastUsedAt.UnixMilli(),
+		fieldIP, sess.IP,
+		fieldUA, sess.UserAgent,
+		fieldClaims, claims,
+		fieldTok, tok,
+		fieldLU, lu,
+	}, nil
+}
+
+// create writes the record that fields returns, then indexes it (see
+// Create).
+func (s *Store) create(ctx context.Context, sess *broker.Session, fields func(*broker.Session) ([]any, error)) error {
+	values, err := fields(sess)
 	if err != nil {
 		return fmt.Errorf("create session: %w", err)
 	}
 	key := sessionKey(sess.ID)
 	_, err = s.client.TxPipelined(ctx, func(pipe redis.Pipeliner) error {
-		pipe.HSet(ctx, key,
-			fieldVersion, recordVersion,
-			fieldGen, 1,
-			fieldSecretHash, hex.EncodeToString(sess.SecretHash),
-			fieldSub, sess.Subject,
-			fieldSID, sess.SID,
-			fieldClientID, sess.ClientID,
-			fieldCreatedAt, b.createdAt,
-			fieldAbsExp, b.absExp,
-			fieldIdle, b.idle,
-			fieldLastUsedAt, sess.LastUsedAt.UnixMilli(),
-			fieldIP, sess.IP,
-			fieldUA, sess.UserAgent,
-			fieldClaims, claims,
-			fieldTok, tok,
-			fieldLU, lu,
-		)
+		pipe.HSet(ctx, key, values...)
 		pipe.PExpireAt(ctx, key, sess.ExpiresAt())
 		return nil
 	})
@@ -260,48 +284,82 @@ func (s *Store) UpdateTokens(ctx context.Context, id string, l broker.Lease, fro
 	case from == 0 || from == math.MaxUint64:
 		return fmt.Errorf("update tokens of session %s: generation %d is out of range", id, from)
 	}
+	// A record a migration converts between the read and the write is
+	// read again, once per conversion it can meet.
+	for attempt := 0; ; attempt++ {
+		res, err := s.updateTokens(ctx, id, held, from, t)
+		if err != nil || res != 4 || attempt == 2 {
+			if res == 4 {
+				return fmt.Errorf("update tokens of session %s: its record version kept changing", id)
+			}
+			return err
+		}
+	}
+}
+
+// updateTokens is one attempt of UpdateTokens, in the layout the record
+// is in. It returns 4 when the record's version changed before the write.
+func (s *Store) updateTokens(ctx context.Context, id string, held *lease, from uint64, t broker.Tokens) (int, error) {
 	key := sessionKey(id)
 	h, err := s.client.HGetAll(ctx, key).Result()
 	if err != nil {
-		return storeError(ctx, "update tokens of session "+id, err)
+		return 0, storeError(ctx, "update tokens of session "+id, err)
 	}
 	if len(h) == 0 {
-		return fmt.Errorf("update tokens of session %s: %w", id, broker.ErrNotFound)
+		return 0, fmt.Errorf("update tokens of session %s: %w", id, broker.ErrNotFound)
 	}
-	b, gen, err := parseRecord(h)
-	if err == nil {
-		_, err = s.openClaims(id, h[fieldClaims], claimsAAD(id, b))
+	var gen uint64
+	var cur func() (broker.Tokens, error)
+	var seal func() ([]byte, error)
+	version := h[fieldVersion]
+	if version == recordVersion1 {
+		// Opening tok authenticates it; the clear fields of version 1 are
+		// not bound.
+		var sess *broker.Session
+		if sess, err = s.openVersion1(id, h, true); err == nil {
+			gen = sess.Generation
+			cur = func() (broker.Tokens, error) { return sess.Tokens, nil }
+			seal = func() ([]byte, error) { return s.sealVersion1(id, t, sess.Claims) }
+		}
+	} else {
+		var b binding
+		b, gen, err = parseRecord(h)
+		if err == nil {
+			_, err = s.openClaims(id, h[fieldClaims], claimsAAD(id, b))
+		}
+		cur = func() (broker.Tokens, error) { return s.openTokens(id, h[fieldTok], tokAAD(id, b, gen)) }
+		seal = func() ([]byte, error) { return s.sealTokens(id, b, from+1, t) }
 	}
 	if err != nil {
-		return fmt.Errorf("update tokens: %w", &broker.UnreadableError{Session: clearSession(id, h), Err: err})
+		return 0, fmt.Errorf("update tokens: %w", &broker.UnreadableError{Session: clearSession(id, h), Err: err})
 	}
 	if gen != from {
 		if gen == from+1 {
-			if cur, err := s.openTokens(id, h[fieldTok], tokAAD(id, b, gen)); err == nil && sameTokens(cur, t) {
-				return nil
+			if cur, err := cur(); err == nil && sameTokens(cur, t) {
+				return 1, nil
 			}
 		}
-		return fmt.Errorf("update tokens of session %s from generation %d: %w", id, from, broker.ErrGenerationMoved)
+		return 0, fmt.Errorf("update tokens of session %s from generation %d: %w", id, from, broker.ErrGenerationMoved)
 	}
-	tok, err := s.sealTokens(id, b, from+1, t)
+	tok, err := seal()
 	if err != nil {
-		return fmt.Errorf("update tokens: %w", err)
+		return 0, fmt.Errorf("update tokens: %w", err)
 	}
 	res, err := updateTokensScript.Run(ctx, s.client, []string{key, lockKey(id)},
-		strconv.FormatUint(from, 10), strconv.FormatUint(from+1, 10), held.token, tok).Int()
+		strconv.FormatUint(from, 10), strconv.FormatUint(from+1, 10), held.token, tok, version).Int()
 	s.forget(id)
 	if err != nil {
-		return storeError(ctx, "update tokens of session "+id, err)
+		return 0, storeError(ctx, "update tokens of session "+id, err)
 	}
 	switch res {
-	case 1:
-		return nil
+	case 1, 4:
+		return res, nil
 	case 0:
-		return fmt.Errorf("update tokens of session %s: %w", id, broker.ErrNotFound)
+		return 0, fmt.Errorf("update tokens of session %s: %w", id, broker.ErrNotFound)
 	case 2:
-		return fmt.Errorf("update tokens of session %s from generation %d: %w", id, from, broker.ErrGenerationMoved)
+		return 0, fmt.Errorf("update tokens of session %s from generation %d: %w", id, from, broker.ErrGenerationMoved)
 	default:
-		return fmt.Errorf("update tokens of session %s: %w", id, broker.ErrLeaseLost)
+		return 0, fmt.Errorf("update tokens of session %s: %w", id, broker.ErrLeaseLost)
 	}
 }
 

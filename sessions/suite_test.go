@@ -67,6 +67,7 @@ func runStoreSuite(t *testing.T, newStore func(t *testing.T) *Store) {
 	t.Run("RekeyCompareAndSet", func(t *testing.T) { testRekeyCompareAndSet(t, newStore(t)) })
 	t.Run("RekeyRemoveUnreadable", func(t *testing.T) { testRekeyRemoveUnreadable(t, newStore(t)) })
 	t.Run("UpgradeRecords", func(t *testing.T) { testUpgradeRecords(t, newStore(t)) })
+	t.Run("SchemaBehind", func(t *testing.T) { testSchemaBehind(t, newStore(t)) })
 	t.Run("Cache", func(t *testing.T) { runCacheSuite(t, newStore) })
 }
 
@@ -435,7 +436,7 @@ func testUpdateTokensDeleted(t *testing.T, st *Store) {
 	assertNotFound(t, "UpdateTokens after End", err)
 	assertGone(t, st, s.ID)
 	// The script alone, as if the session ended between the read and it.
-	n, err := updateTokensScript.Run(ctx, st.client, []string{sessionKey(s.ID), lockKey(s.ID)}, "1", "2", l.(*lease).token, "BLOB").Int()
+	n, err := updateTokensScript.Run(ctx, st.client, []string{sessionKey(s.ID), lockKey(s.ID)}, "1", "2", l.(*lease).token, "BLOB", recordVersion).Int()
 	if err != nil || n != 0 {
 		t.Errorf("update tokens script on an ended session = %d, %v; want 0 (gone)", n, err)
 	}
