@@ -4,8 +4,12 @@ import (
 	"context"
 	"crypto/rand"
 	"log/slog"
+	"net/http"
+	"net/netip"
 
 	"github.com/labstack/echo/v4"
+
+	"github.com/mobile-token-broker/broker/broker"
 )
 
 // requestIDHeader carries a request's id in both directions and to the
@@ -16,17 +20,43 @@ const requestIDHeader = "X-Request-Id"
 // maxRequestIDLen bounds a client-sent id, which lands on every log line.
 const maxRequestIDLen = 128
 
-type requestIDKey struct{}
-
 // ContextWithRequestID returns ctx carrying the request id id.
 func ContextWithRequestID(ctx context.Context, id string) context.Context {
-	return context.WithValue(ctx, requestIDKey{}, id)
+	return broker.WithRequest(ctx, &requestInfo{id: id})
 }
 
 // RequestID returns the request id ctx carries, or "".
 func RequestID(ctx context.Context) string {
-	id, _ := ctx.Value(requestIDKey{}).(string)
-	return id
+	if r := broker.RequestFrom(ctx); r != nil {
+		return r.RequestID()
+	}
+	return ""
+}
+
+// requestInfo is the broker.Request of an HTTP request: its id, and what
+// the audit trail records of its client, worked out only when an event is
+// written, so that requests that write none (nearly all) pay nothing for
+// it.
+type requestInfo struct {
+	id      string
+	r       *http.Request
+	trusted []netip.Prefix
+}
+
+func (i *requestInfo) RequestID() string { return i.id }
+
+func (i *requestInfo) ClientIP() string {
+	if i.r == nil {
+		return ""
+	}
+	return clientIP(i.r, i.trusted)
+}
+
+func (i *requestInfo) UserAgent() string {
+	if i.r == nil {
+		return ""
+	}
+	return i.r.UserAgent()
 }
 
 // saneRequestID reports whether a client-sent id may be kept: 1 to 128
@@ -48,9 +78,10 @@ func saneRequestID(id string) bool {
 // requestID gives every request an id: the client's X-Request-Id when it is
 // sane (a gateway in front may have set it), a random one otherwise. The id
 // is echoed in the response, put in the request's context for the log lines
-// (see NewLogHandler) and set on the request's own header so that the proxy
+// (see NewLogHandler) with what the audit trail records of the client
+// (see broker.Request), and set on the request's own header so that the proxy
 // passes on the id in use rather than a refused one.
-func requestID(next echo.HandlerFunc) echo.HandlerFunc {
+func (s *Server) requestID(next echo.HandlerFunc) echo.HandlerFunc {
 	return func(c echo.Context) error {
 		r := c.Request()
 		id := r.Header.Get(requestIDHeader)
@@ -60,7 +91,7 @@ func requestID(next echo.HandlerFunc) echo.HandlerFunc {
 		}
 		r.Header.Set(requestIDHeader, id)
 		c.Response().Header().Set(requestIDHeader, id)
-		c.SetRequest(r.WithContext(ContextWithRequestID(r.Context(), id)))
+		c.SetRequest(r.WithContext(broker.WithRequest(r.Context(), &requestInfo{id: id, r: r, trusted: s.cfg.TrustedProxies})))
 		return next(c)
 	}
 }
