@@ -26,14 +26,14 @@ import (
 // than http.DefaultClient, by test.
 var testClients sync.Map // testing.TB -> *http.Client
 
-// clientFor returns the client doURL sends t's requests with. With
-// BROKER_TEST_OPENAPI=1 in the environment, every end-to-end test checks
-// its exchanges with the broker against the OpenAPI description.
+// clientFor returns the client doURL sends t's requests with. Every
+// end-to-end test checks its exchanges with the broker against the OpenAPI
+// description, unless BROKER_TEST_OPENAPI=0 is in the environment.
 func clientFor(t testing.TB) *http.Client {
 	if c, ok := testClients.Load(t); ok {
 		return c.(*http.Client)
 	}
-	if os.Getenv("BROKER_TEST_OPENAPI") == "1" {
+	if os.Getenv("BROKER_TEST_OPENAPI") != "0" {
 		v := validateAgainstOpenAPI(t, "/api")
 		// Calls the tests make to the IdP or an upstream directly carry
 		// no request id and are not the broker's.
@@ -347,6 +347,12 @@ func TestOpenAPIConformance(t *testing.T) {
 		{http.MethodGet, "/admin/v1/sessions/" + c.SessionID, "wrong-token-wrong-token", 401},
 		{http.MethodGet, "/admin/v1/audit?limit=5", token, 200},
 		{http.MethodGet, "/admin/v1/audit?limit=0", token, 400},
+		{http.MethodGet, "/admin/v1/audit?action=session.revoke&actor=admin&sub=x&session_id=y&since=2026-01-01T00:00:00Z&until=2036-01-01T00:00:00Z&limit=1", token, 200},
+		{http.MethodGet, "/admin/v1/audit?cursor=nonsense", token, 400},
+		{http.MethodGet, "/admin/v1/sessions?limit=1", token, 200},
+		{http.MethodGet, "/admin/v1/sessions?sub=" + url.QueryEscape(sub) + "&session_id=" + c.SessionID, token, 200},
+		{http.MethodGet, "/admin/v1/sessions?cursor=nonsense", token, 400},
+		{http.MethodGet, "/admin/v1/sessions", "", 401},
 		{http.MethodDelete, "/admin/v1/sessions/unknown", token, 404},
 		{http.MethodGet, "/healthz", "", 200},
 		{http.MethodGet, "/readyz", "", 200},
@@ -423,6 +429,7 @@ func TestOpenAPIConformance(t *testing.T) {
 		"GET /admin/v1/sessions/{session_id} 200", "GET /admin/v1/sessions/{session_id} 401", "GET /admin/v1/sessions/{session_id} 404",
 		"DELETE /admin/v1/sessions/{session_id} 204", "DELETE /admin/v1/sessions/{session_id} 404",
 		"GET /admin/v1/audit 200", "GET /admin/v1/audit 400",
+		"GET /admin/v1/sessions 200", "GET /admin/v1/sessions 400", "GET /admin/v1/sessions 401",
 		"GET /healthz 200", "GET /readyz 200", "GET /metrics 200",
 	}
 	if m := v.missing(want); len(m) > 0 {
