@@ -53,6 +53,7 @@ const (
 	MaxUserAgentLen   = 256
 	MaxIPLen          = 64
 	MaxAuditDetailLen = 512
+	MaxRequestIDLen   = 128
 )
 
 // truncate cuts s to at most n bytes without leaving a partial UTF-8

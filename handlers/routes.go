@@ -35,6 +35,7 @@ func (s *Server) routes() {
 	av1 := adm.Group("/admin/v1", s.requireAdmin)
 	av1.GET("/users/:sub/sessions", s.userSessions)
 	av1.DELETE("/users/:sub/sessions", s.adminRevokeUser)
+	av1.GET("/sessions", s.searchSessions)
 	av1.GET("/sessions/:id", s.adminGetSession)
 	av1.DELETE("/sessions/:id", s.adminRevokeSession)
 	av1.GET("/audit", s.adminAudit)

@@ -98,7 +98,7 @@ func New(cfg Config) (*Server, error) {
 // request id, so that every later log line and span carries it; and the
 // access log last, so that the status it reads is final.
 func (s *Server) middleware(listener string) []echo.MiddlewareFunc {
-	mw := []echo.MiddlewareFunc{s.bodyDeadline, requestID}
+	mw := []echo.MiddlewareFunc{s.bodyDeadline, s.requestID}
 	if tp := s.cfg.TracerProvider; tp != nil {
 		mw = append(mw, tracing(tp.Tracer(instrumentationName), listener))
 	}
