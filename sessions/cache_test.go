@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"net"
+	"strconv"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -504,5 +506,79 @@ func waitReplicated(t *testing.T, master *redistest.Server) {
 	defer mc.Close()
 	if err := mc.Do(context.Background(), "WAIT", 1, 2000).Err(); err != nil {
 		t.Fatalf("WAIT: %v", err)
+	}
+}
+
+// replyCapture keeps the replies of the scripts a client runs.
+type replyCapture struct {
+	commandCounter
+	mu      sync.Mutex
+	replies [][]string
+}
+
+func (c *replyCapture) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
+	return func(ctx context.Context, cmd redis.Cmder) error {
+		err := next(ctx, cmd)
+		if name := cmd.Name(); name == "evalsha_ro" || name == "eval_ro" {
+			if v, ok := cmd.(*redis.Cmd); ok {
+				if flat, err := v.StringSlice(); err == nil {
+					c.mu.Lock()
+					c.replies = append(c.replies, flat)
+					c.mu.Unlock()
+				}
+			}
+		}
+		return err
+	}
+}
+
+// TestReadLeavesOutKnownBlobs: a second read of a session moves its small
+// fields only, and an edit by hand of what the blobs are bound to is still
+// caught, since the blobs this process kept are opened under the
+// additional data the record gives now.
+func TestReadLeavesOutKnownBlobs(t *testing.T) {
+	srv := redistest.Start(t)
+	st := newStandaloneStore(t, srv)
+	capture := &replyCapture{}
+	st.client.AddHook(capture)
+	ctx := context.Background()
+	s, _ := testSession(t, time.Now(), "sub-lean", "")
+	mustCreate(t, st, s)
+	if _, err := st.Get(ctx, s.ID); err != nil {
+		t.Fatalf("Get = %v", err)
+	}
+	got, err := st.Get(ctx, s.ID)
+	if err != nil {
+		t.Fatalf("second Get = %v", err)
+	}
+	assertSameSession(t, got, s)
+	capture.mu.Lock()
+	if len(capture.replies) != 1 {
+		t.Fatalf("second Get ran %d read scripts, want 1", len(capture.replies))
+	}
+	for _, v := range capture.replies[0] {
+		if len(v) > 200 {
+			t.Errorf("second Get moved a %d-byte value; the blobs it knows should be left out", len(v))
+		}
+	}
+	capture.mu.Unlock()
+
+	for _, tc := range []struct{ field, value string }{
+		{fieldSub, "someone-else"},
+		{fieldGen, "7"},
+		{fieldAbsExp, strconv.FormatInt(time.Now().Add(100*24*time.Hour).UnixMilli(), 10)},
+	} {
+		t.Run("edited "+tc.field, func(t *testing.T) {
+			s, _ := testSession(t, time.Now(), "sub-lean-"+tc.field, "")
+			mustCreate(t, st, s)
+			if _, err := st.Get(ctx, s.ID); err != nil {
+				t.Fatalf("Get = %v", err)
+			}
+			if err := st.client.HSet(ctx, sessionKey(s.ID), tc.field, tc.value).Err(); err != nil {
+				t.Fatal(err)
+			}
+			_, err := st.Get(ctx, s.ID)
+			assertUnreadable(t, "Get after an edit", s.ID, err)
+		})
 	}
 }

@@ -2,6 +2,8 @@ package sessions
 
 import (
 	"bytes"
+	"crypto/sha1"
+	"encoding/hex"
 	"sync"
 )
 
@@ -31,6 +33,11 @@ type openEntry struct {
 	blob  string
 	aad   []byte
 	value any
+	// sum is the SHA-1 of blob in hex, as Lua's redis.sha1hex gives it:
+	// how a read asks Redis to leave out a blob this process already has
+	// (see getScript). SHA-1 only names the bytes here; what they are
+	// worth is still decided by opening them under their additional data.
+	sum string
 }
 
 func newOpenCache() *openCache {
@@ -59,7 +66,17 @@ func (c *openCache) put(id, field, blob string, aad []byte, value any) {
 			break
 		}
 	}
-	c.entries[k] = openEntry{blob: blob, aad: bytes.Clone(aad), value: value}
+	sum := sha1.Sum([]byte(blob))
+	c.entries[k] = openEntry{blob: blob, aad: bytes.Clone(aad), value: value, sum: hex.EncodeToString(sum[:])}
+}
+
+// known returns the blob of a field of id last opened, and its SHA-1; ok
+// false when there is none.
+func (c *openCache) known(id, field string) (blob, sum string, ok bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	e, ok := c.entries[openKey{id, field}]
+	return e.blob, e.sum, ok
 }
 
 // drop forgets what was opened of a session that ended.

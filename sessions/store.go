@@ -199,7 +199,7 @@ func (s *Store) Get(ctx context.Context, id string) (*broker.Session, error) {
 	if !broker.ValidSessionID(id) {
 		return nil, fmt.Errorf("get session: %w", broker.ErrNotFound)
 	}
-	h, err := s.client.HGetAll(ctx, sessionKey(id)).Result()
+	h, err := s.read(ctx, id)
 	if err != nil {
 		return nil, storeError(ctx, "get session "+id, err)
 	}
@@ -211,6 +211,34 @@ func (s *Store) Get(ctx context.Context, id string) (*broker.Session, error) {
 		return nil, fmt.Errorf("get session: %w", err)
 	}
 	return sess, nil
+}
+
+// read returns a session's fields. When this process opened the session's
+// tokens or claims before, Redis leaves out the blobs that did not change
+// (see getScript): a re-read after a touch, or while the session cache is
+// off, moves the small fields only, not the 2-3 KB of sealed tokens.
+func (s *Store) read(ctx context.Context, id string) (map[string]string, error) {
+	key := sessionKey(id)
+	tokBlob, tokSum, haveTok := s.opened.known(id, fieldTok)
+	claimsBlob, claimsSum, haveClaims := s.opened.known(id, fieldClaims)
+	if !haveTok && !haveClaims {
+		return s.client.HGetAll(ctx, key).Result()
+	}
+	flat, err := getScript.RunRO(ctx, s.client, []string{key}, tokSum, claimsSum).StringSlice()
+	if err != nil {
+		return nil, err
+	}
+	h := make(map[string]string, len(flat)/2)
+	for i := 0; i+1 < len(flat); i += 2 {
+		h[flat[i]] = flat[i+1]
+	}
+	if h[fieldTok] == "=" {
+		h[fieldTok] = tokBlob
+	}
+	if h[fieldClaims] == "=" {
+		h[fieldClaims] = claimsBlob
+	}
+	return h, nil
 }
 
 // Lookup is Get for the request path: a warm session is answered from the
