@@ -164,8 +164,8 @@ func (s *Server) accessLog(next echo.HandlerFunc) echo.HandlerFunc {
 			st = &requestState{start: time.Now()}
 		}
 		st.elapsed = time.Since(st.start)
-		attrs := make([]slog.Attr, 0, 6)
-		attrs = append(attrs,
+		var buf [6]slog.Attr
+		attrs := append(buf[:0],
 			slog.String("method", methodLabel(r.Method)),
 			slog.String("path", loggedPath(r.URL.Path)),
 			slog.Int("status", c.Response().Status),

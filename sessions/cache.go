@@ -27,7 +27,8 @@ type CacheOptions struct {
 	// TTL is how long an opened session is kept after it was read from
 	// Redis, so that plaintext tokens do not stay in memory for sessions no
 	// longer in use; DefaultCacheTTL when zero. Entries also leave when the
-	// access token they hold expires.
+	// access token they hold expires. The opened blobs behind them (see
+	// openCache) are forgotten after twice as long without use.
 	TTL time.Duration
 }
 

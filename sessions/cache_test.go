@@ -582,3 +582,19 @@ func TestReadLeavesOutKnownBlobs(t *testing.T) {
 		})
 	}
 }
+
+// TestOpenCacheSweep: opened blobs not used within the idle time leave
+// memory.
+func TestOpenCacheSweep(t *testing.T) {
+	c := newOpenCache()
+	c.put("id", fieldTok, "blob", []byte("aad"), broker.Tokens{AccessToken: "a"})
+	c.sweep(time.Hour)
+	if _, ok := c.get("id", fieldTok, "blob", []byte("aad")); !ok {
+		t.Fatal("an entry used just now was swept with an hour's idle time")
+	}
+	time.Sleep(2 * time.Millisecond) // the entry's last use must be in the past
+	c.sweep(time.Millisecond)
+	if _, _, ok := c.known("id", fieldTok); ok {
+		t.Error("an entry idle longer than the idle time was kept")
+	}
+}

@@ -81,7 +81,7 @@ func New(client redis.UniversalClient, keys *Keyring, opts Options) *Store {
 			log = slog.Default()
 		}
 		s.cache = newSessionCache(*opts.Cache)
-		s.tracker = startTracker(client, s.cache, log)
+		s.tracker = startTracker(client, s.cache, s.opened, log)
 	}
 	return s
 }

@@ -70,7 +70,7 @@ type listener struct {
 
 // startTracker starts the channels for client's masters and keeps them up
 // until close.
-func startTracker(client redis.UniversalClient, cache *sessionCache, log *slog.Logger) *tracker {
+func startTracker(client redis.UniversalClient, cache *sessionCache, opened *openCache, log *slog.Logger) *tracker {
 	ctx, cancel := context.WithCancel(context.Background())
 	t := &tracker{cache: cache, log: log, listeners: make(map[string]*listener), stop: cancel}
 	switch c := client.(type) {
@@ -82,7 +82,7 @@ func startTracker(client redis.UniversalClient, cache *sessionCache, log *slog.L
 		log.Warn("session cache off: the Redis client is of an unknown kind", "kind", fmt.Sprintf("%T", client))
 	}
 	t.done.Go(func() {
-		tick := time.NewTicker(cache.opts.TTL / 4)
+		tick := time.NewTicker(max(cache.opts.TTL/4, time.Second))
 		defer tick.Stop()
 		for {
 			select {
@@ -90,6 +90,10 @@ func startTracker(client redis.UniversalClient, cache *sessionCache, log *slog.L
 				return
 			case <-tick.C:
 				cache.sweep()
+				// The opened blobs serve the re-reads after a touch (at
+				// most a minute apart) and the reads while the cache is
+				// off: kept twice as long as a cached session.
+				opened.sweep(2 * cache.opts.TTL)
 			}
 		}
 	})
