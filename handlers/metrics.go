@@ -92,7 +92,7 @@ func NewMetrics() *Metrics {
 		}, []string{"outcome"}),
 		refreshes: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "broker_refreshes_total",
-			Help: "Access token refreshes, by outcome: ok, failed (IdP or store unavailable), rejected (the IdP ended the grant), coalesced (joined a refresh in flight).",
+			Help: "Access token refreshes, by outcome: ok, failed (IdP or store unavailable), rejected (the IdP ended the grant), coalesced (waited for a refresh that another request, on this replica or another, ran).",
 		}, []string{"outcome"}),
 		revocations: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "broker_revocations_total",
