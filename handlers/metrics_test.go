@@ -5,6 +5,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"testing"
+	"time"
 
 	"github.com/labstack/echo/v4"
 	dto "github.com/prometheus/client_model/go"
@@ -108,6 +109,19 @@ func TestRequestMetricsDoNotAllocate(t *testing.T) {
 	}
 }
 
+// Redis commands are on the request path too: once a command's series
+// exists, timing it allocates nothing.
+func TestRedisMetricsDoNotAllocate(t *testing.T) {
+	m := NewMetrics()
+	m.RedisCommand("get", "ok", time.Millisecond)
+	allocs := testing.AllocsPerRun(1000, func() {
+		m.RedisCommand("get", "ok", time.Millisecond)
+	})
+	if allocs != 0 {
+		t.Errorf("timing a Redis command allocates %v times, want 0", allocs)
+	}
+}
+
 func TestBrokerMetrics(t *testing.T) {
 	m := NewMetrics()
 	var bm broker.Metrics = m
@@ -115,13 +129,16 @@ func TestBrokerMetrics(t *testing.T) {
 	bm.Refresh("ok")
 	bm.Refresh("coalesced")
 	bm.Revocation("admin")
+	if got := counterValue(t, m, "broker_sessions_opened_total", nil); got != 1 {
+		t.Errorf("broker_sessions_opened_total = %v after one exchange, want 1", got)
+	}
 	for _, c := range []struct {
 		family, label, value string
 	}{
 		{"broker_exchanges_total", "outcome", "ok"},
 		{"broker_refreshes_total", "outcome", "ok"},
 		{"broker_refreshes_total", "outcome", "coalesced"},
-		{"broker_revocations_total", "reason", "admin"},
+		{"broker_sessions_ended_total", "reason", "admin"},
 	} {
 		if got := counterValue(t, m, c.family, map[string]string{c.label: c.value}); got != 1 {
 			t.Errorf("%s{%s=%q} = %v, want 1", c.family, c.label, c.value, got)

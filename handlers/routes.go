@@ -19,6 +19,7 @@ func (s *Server) routes() {
 	for _, r := range s.cfg.Proxy.Routes() {
 		pub.Any(r.Prefix, s.cfg.Proxy.Handler, streamBody, s.limitInvalidHandles)
 		pub.Any(r.Prefix+"/*", s.cfg.Proxy.Handler, streamBody, s.limitInvalidHandles)
+		s.metrics.useProxyRoutes(r.Prefix, r.Prefix+"/*")
 	}
 
 	adm := s.Admin

@@ -118,7 +118,9 @@ func newEcho(log *slog.Logger) *echo.Echo {
 // the code of each error rendered.
 func errorRenderer(log *slog.Logger, rendered func(broker.Code)) echo.HTTPErrorHandler {
 	return func(err error, c echo.Context) {
-		if c.Response().Committed {
+		if c.Response().Committed || clientGone(c) {
+			// Nothing can be sent, or no one is left to read it: the
+			// request is counted and logged as statusClientClosed.
 			return
 		}
 		var he *echo.HTTPError
@@ -150,7 +152,7 @@ func errorRenderer(log *slog.Logger, rendered func(broker.Code)) echo.HTTPErrorH
 }
 
 // accessLog logs every request without its query, headers or body, which may
-// carry credentials.
+// carry credentials, with the client's address.
 func (s *Server) accessLog(next echo.HandlerFunc) echo.HandlerFunc {
 	return func(c echo.Context) error {
 		start := time.Now()
@@ -162,7 +164,8 @@ func (s *Server) accessLog(next echo.HandlerFunc) echo.HandlerFunc {
 		attrs := []any{
 			"method", methodLabel(r.Method),
 			"path", loggedPath(r.URL.Path),
-			"status", c.Response().Status,
+			"client", s.loggedClient(r),
+			"status", responseStatus(c),
 			"duration_ms", float64(time.Since(start).Microseconds()) / 1000,
 			"bytes_out", c.Response().Size,
 		}
@@ -172,6 +175,38 @@ func (s *Server) accessLog(next echo.HandlerFunc) echo.HandlerFunc {
 		s.log.InfoContext(r.Context(), "request", attrs...)
 		return nil
 	}
+}
+
+// statusClientClosed is the status the access log and the metrics give a
+// request whose client went away before its response began (nginx's 499):
+// no response is sent, and the broker's error is not rendered.
+const statusClientClosed = 499
+
+// clientGone reports whether the client of c cancelled its request: it
+// closed the connection, or reset the HTTP/2 stream.
+func clientGone(c echo.Context) bool {
+	return errors.Is(c.Request().Context().Err(), context.Canceled)
+}
+
+// responseStatus is the status of c's response as counted and logged:
+// statusClientClosed when the client went away before the response began.
+func responseStatus(c echo.Context) int {
+	res := c.Response()
+	if !res.Committed && clientGone(c) {
+		return statusClientClosed
+	}
+	return res.Status
+}
+
+// loggedClient is the client's address for the access log: the one the
+// rate limits use (see clientIP), behind BROKER_TRUSTED_PROXIES included.
+// Without trusted proxies it is the peer's host as the server saw it,
+// which costs no allocation.
+func (s *Server) loggedClient(r *http.Request) string {
+	if len(s.cfg.TrustedProxies) == 0 {
+		return remoteHost(r)
+	}
+	return clientIP(r, s.cfg.TrustedProxies)
 }
 
 // maxLoggedPath bounds the path a log line keeps of a request: the request

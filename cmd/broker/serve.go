@@ -115,6 +115,8 @@ func runBroker(ctx context.Context, cfg *config, rdb redis.UniversalClient, keys
 	}
 	store := sessions.New(rdb, keys, sessions.Options{Now: h.now})
 	metrics := handlers.NewMetrics()
+	sessions.Instrument(rdb, metrics)
+	metrics.CountSessions(store.CountSessions)
 	bcfg := broker.Config{
 		Issuer:       cfg.Issuer,
 		ClientID:     cfg.ClientID,
