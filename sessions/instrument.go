@@ -89,10 +89,20 @@ func (h commandHook) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.P
 
 // commandOutcome classifies a command's error.
 func commandOutcome(err error) string {
+	if err == nil || err == redis.Nil { // the client returns redis.Nil itself, unwrapped
+		// Before the targets of errors.As, which escape: the request
+		// path allocates nothing here.
+		return CommandOK
+	}
+	return commandFailure(err)
+}
+
+// commandFailure classifies an error that is not a nil reply.
+func commandFailure(err error) string {
 	var re redis.Error
 	var ne net.Error
 	switch {
-	case err == nil, errors.Is(err, redis.Nil):
+	case errors.Is(err, redis.Nil):
 		return CommandOK
 	case errors.As(err, &ne):
 		return CommandError
