@@ -102,3 +102,43 @@ func TestRefreshCoalescedCount(t *testing.T) {
 		t.Errorf("refresh coalesced = %d, want %d (only the requests that waited for another's refresh)", got, n-1)
 	}
 }
+
+// TestIdPRequestOutcomes reports each call to the IdP by its endpoint and
+// outcome: an answer in 5xx or 4xx, and no answer in time.
+func TestIdPRequestOutcomes(t *testing.T) {
+	e := newEnv(t, time.Minute)
+	m := newCountingMetrics()
+	r := e.replica(replicaOptions{config: func(c *broker.Config) {
+		c.Metrics = m
+		c.IdPTimeout = 300 * time.Millisecond
+	}})
+	if got := m.get("idp:discovery:ok"); got != 1 {
+		t.Errorf("discovery ok = %d, want 1", got)
+	}
+	ns := e.login(r)
+	if got := m.get("idp:token:ok"); got != 1 {
+		t.Errorf("token ok after a code grant = %d, want 1", got)
+	}
+
+	// A userinfo call the paused IdP does not answer within IdPTimeout;
+	// the access token is fresh, so no refresh comes first.
+	e.idp.Pause()
+	_, err := r.UserInfo(context.Background(), ns.Handle)
+	e.idp.Resume()
+	if err == nil {
+		t.Fatal("UserInfo with the IdP paused succeeded")
+	}
+	if got := m.get("idp:userinfo:timeout"); got != 1 {
+		t.Errorf("userinfo timeout with the IdP paused = %d, want 1", got)
+	}
+
+	e.idp.FailRefresh(503, "temporarily_unavailable", "down", 1)
+	e.clock.Advance(time.Minute)
+	_, _ = accessToken(r, ns.Handle)
+	if got := m.get("idp:token:status_5xx"); got != 1 {
+		t.Errorf("token status_5xx after a 503 = %d, want 1", got)
+	}
+	if got := m.get("idp:other:ok"); got != 0 {
+		t.Errorf("%d calls to an endpoint the discovery document does not list", got)
+	}
+}
