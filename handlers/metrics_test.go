@@ -1,6 +1,8 @@
 package handlers
 
 import (
+	"context"
+	"errors"
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
@@ -143,5 +145,48 @@ func TestBrokerMetrics(t *testing.T) {
 		if got := counterValue(t, m, c.family, map[string]string{c.label: c.value}); got != 1 {
 			t.Errorf("%s{%s=%q} = %v, want 1", c.family, c.label, c.value, got)
 		}
+	}
+}
+
+// broker_sessions_active is read at scrape time, at most once per
+// activeSessionsMaxAge, and left out of a scrape whose read failed.
+func TestActiveSessionsGauge(t *testing.T) {
+	m := NewMetrics()
+	var calls int
+	var fail error
+	m.CountSessions(func(ctx context.Context) (int64, error) {
+		calls++
+		if _, ok := ctx.Deadline(); !ok {
+			t.Error("the count has no deadline")
+		}
+		return 7, fail
+	})
+	gauge := func() (float64, bool) {
+		t.Helper()
+		families, err := m.Registry().Gather()
+		if err != nil {
+			t.Fatalf("Gather: %v", err)
+		}
+		for _, f := range families {
+			if f.GetName() == "broker_sessions_active" {
+				return f.GetMetric()[0].GetGauge().GetValue(), true
+			}
+		}
+		return 0, false
+	}
+	for i := range 3 {
+		if v, ok := gauge(); !ok || v != 7 {
+			t.Fatalf("scrape %d: broker_sessions_active = %v (present %v), want 7", i, v, ok)
+		}
+	}
+	if calls != 1 {
+		t.Errorf("three scrapes within %v counted %d times, want 1", activeSessionsMaxAge, calls)
+	}
+
+	m = NewMetrics()
+	fail = errors.New("store unavailable")
+	m.CountSessions(func(context.Context) (int64, error) { return 0, fail })
+	if v, ok := gauge(); ok {
+		t.Errorf("broker_sessions_active = %v when the count failed, want it left out", v)
 	}
 }
