@@ -62,7 +62,7 @@ type idpTransport struct {
 func (t *idpTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 	start := time.Now()
 	res, err := t.next.RoundTrip(req)
-	t.s.cfg.Metrics.IdPRequest(t.s.idpEndpoint(req), idpOutcome(res, err), time.Since(start))
+	t.s.cfg.Metrics.IdPRequest(t.s.idpEndpoint(req), idpOutcome(req, res, err), time.Since(start))
 	return res, err
 }
 
@@ -94,8 +94,11 @@ func withoutQuery(u string) string {
 	return u
 }
 
-// idpOutcome classifies the result of one request to the IdP.
-func idpOutcome(res *http.Response, err error) string {
+// idpOutcome classifies the result of one request to the IdP. A request
+// whose context ended is told by its context rather than by the error,
+// whose form depends on which of the caller's deadline and the client's
+// Timeout fired first.
+func idpOutcome(req *http.Request, res *http.Response, err error) string {
 	var ne net.Error
 	switch {
 	case err == nil && res.StatusCode >= 500:
@@ -104,10 +107,11 @@ func idpOutcome(res *http.Response, err error) string {
 		return IdPOutcome4xx
 	case err == nil:
 		return IdPOutcomeOK
-	case errors.Is(err, context.Canceled):
-		return IdPOutcomeCanceled
-	case errors.Is(err, context.DeadlineExceeded), errors.As(err, &ne) && ne.Timeout():
+	case errors.Is(req.Context().Err(), context.DeadlineExceeded), errors.Is(err, context.DeadlineExceeded),
+		errors.As(err, &ne) && ne.Timeout():
 		return IdPOutcomeTimeout
+	case req.Context().Err() != nil, errors.Is(err, context.Canceled):
+		return IdPOutcomeCanceled
 	}
 	return IdPOutcomeNetworkError
 }

@@ -2,6 +2,7 @@ package broker_test
 
 import (
 	"context"
+	"maps"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -23,6 +24,12 @@ func (m *countingMetrics) add(key string) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	m.counts[key]++
+}
+
+func (m *countingMetrics) snapshot() map[string]int {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return maps.Clone(m.counts)
 }
 
 func (m *countingMetrics) get(key string) int {
@@ -129,7 +136,7 @@ func TestIdPRequestOutcomes(t *testing.T) {
 		t.Fatal("UserInfo with the IdP paused succeeded")
 	}
 	if got := m.get("idp:userinfo:timeout"); got != 1 {
-		t.Errorf("userinfo timeout with the IdP paused = %d, want 1", got)
+		t.Errorf("userinfo timeout with the IdP paused = %d, want 1 (%v)", got, m.snapshot())
 	}
 
 	e.idp.FailRefresh(503, "temporarily_unavailable", "down", 1)

@@ -187,7 +187,14 @@ const statusClientClosed = 499
 // clientGone reports whether the client of c cancelled its request: it
 // closed the connection, or reset the HTTP/2 stream.
 func clientGone(c echo.Context) bool {
-	return errors.Is(c.Request().Context().Err(), context.Canceled)
+	if !errors.Is(c.Request().Context().Err(), context.Canceled) {
+		return false
+	}
+	// net/http also ends the context of an HTTP/1 request whose body read
+	// failed, as when the broker cut off a stalled body (see streamBody):
+	// that request is answered, with 400.
+	b, ok := c.Get(ctxBody).(*deadlineBody)
+	return !ok || !b.cutOff()
 }
 
 // responseStatus is the status of c's response as counted and logged:
