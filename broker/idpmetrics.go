@@ -94,12 +94,14 @@ func withoutQuery(u string) string {
 	return u
 }
 
-// idpOutcome classifies the result of one request to the IdP. A request
-// whose context ended is told by its context rather than by the error,
-// whose form depends on which of the caller's deadline and the client's
-// Timeout fired first.
+// idpOutcome classifies the result of one request to the IdP. A failure
+// once the request's deadline has passed is a timeout, whatever its form:
+// the transport reports the http.Client's Timeout as a plain cancellation,
+// and the client gives the request's context that deadline when it is the
+// earlier one.
 func idpOutcome(req *http.Request, res *http.Response, err error) string {
 	var ne net.Error
+	deadline, hasDeadline := req.Context().Deadline()
 	switch {
 	case err == nil && res.StatusCode >= 500:
 		return IdPOutcome5xx
@@ -107,7 +109,7 @@ func idpOutcome(req *http.Request, res *http.Response, err error) string {
 		return IdPOutcome4xx
 	case err == nil:
 		return IdPOutcomeOK
-	case errors.Is(req.Context().Err(), context.DeadlineExceeded), errors.Is(err, context.DeadlineExceeded),
+	case hasDeadline && !time.Now().Before(deadline), errors.Is(err, context.DeadlineExceeded),
 		errors.As(err, &ne) && ne.Timeout():
 		return IdPOutcomeTimeout
 	case req.Context().Err() != nil, errors.Is(err, context.Canceled):
