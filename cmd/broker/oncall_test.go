@@ -165,6 +165,10 @@ func TestOnCallSignals(t *testing.T) {
 	if res := s.admin(b, http.MethodDelete, "/admin/v1/sessions/"+c.SessionID); res.status != http.StatusNoContent {
 		t.Fatalf("admin revoke = %d %s", res.status, res.body)
 	}
+	g := s.login(b)
+	if res := postLogout(t, b, logoutForm(s.signed(t, s.logoutClaims(sidOf(t, g), "")))); res.status != http.StatusOK {
+		t.Fatalf("back-channel logout = %d %s", res.status, res.body)
+	}
 	if res := s.admin(b, http.MethodDelete, "/admin/v1/users/"+url.PathEscape(d.User["sub"].(string))+"/sessions"); res.status != http.StatusOK {
 		t.Fatalf("admin revoke all = %d %s", res.status, res.body)
 	}
@@ -195,20 +199,21 @@ func TestOnCallSignals(t *testing.T) {
 		series string
 		want   float64
 	}{
-		{`broker_sessions_opened_total`, 5},
+		{`broker_sessions_opened_total`, 6},
 		{`broker_sessions_ended_total{reason="logout"}`, 1},
 		{`broker_sessions_ended_total{reason="admin"}`, 1},
 		{`broker_sessions_ended_total{reason="user_revoke"}`, 2},
 		{`broker_sessions_ended_total{reason="expired"}`, 1},
-		{`broker_sessions_ended_total{reason="backchannel_logout"}`, 0},
+		{`broker_sessions_ended_total{reason="backchannel_logout"}`, 1},
 		{`broker_refreshes_total{outcome="ok"}`, 1},
 		{`broker_refreshes_total{outcome="coalesced"}`, 0},
-		// Five code grants and a refresh grant.
-		{`broker_idp_request_duration_seconds_count{endpoint="token",outcome="ok"}`, 6},
+		// Six code grants and a refresh grant.
+		{`broker_idp_request_duration_seconds_count{endpoint="token",outcome="ok"}`, 7},
 		{`broker_idp_request_duration_seconds_count{endpoint="userinfo",outcome="ok"}`, 1},
 		{`broker_idp_request_duration_seconds_count{endpoint="discovery",outcome="ok"}`, 1},
 		{`broker_idp_request_duration_seconds_count{endpoint="keys",outcome="ok"}`, 1},
-		// logout, admin, the user's two, expired: each revokes at the IdP.
+		// logout, admin, the user's two, expired: each revokes at the IdP;
+		// a back-channel logout, which the IdP itself sent, does not.
 		{`broker_idp_request_duration_seconds_count{endpoint="revocation",outcome="ok"}`, 5},
 		{`broker_idp_request_duration_seconds_count{endpoint="other",outcome="ok"}`, 0},
 		{`broker_http_requests_total{listener="public",method="GET",route="/api/*",source="upstream",status="401"}`, 1},
