@@ -98,7 +98,7 @@ func (s *Service) RevokeUser(ctx context.Context, sub, actor string) (UserRevoca
 	if err != nil {
 		return UserRevocation{}, fmt.Errorf("list sessions: %w", err)
 	}
-	why := EndReason{Actor: actor, Action: ActionUserRevoke, Reason: "admin", RevokeAtIdP: true, Detail: "one of all the sessions of the user"}
+	why := EndReason{Actor: actor, Action: ActionUserRevoke, Reason: "user_revoke", RevokeAtIdP: true, Detail: "one of all the sessions of the user"}
 	var ended []*Ending
 	for _, sess := range list {
 		e, err := s.cfg.Store.End(ctx, sess.ID, why)
@@ -111,7 +111,7 @@ func (s *Service) RevokeUser(ctx context.Context, sub, actor string) (UserRevoca
 			s.settleAll(ctx, ended)
 			return UserRevocation{Revoked: len(ended)}, fmt.Errorf("end session: %w", err)
 		}
-		s.cfg.Metrics.Revocation("admin")
+		s.cfg.Metrics.Revocation(why.Reason)
 		ended = append(ended, e)
 	}
 	res := UserRevocation{Revoked: len(ended), IdPFailures: s.settleAll(ctx, ended)}

@@ -20,6 +20,7 @@ func (s *Server) routes() {
 		h := s.cfg.Proxy.handlerFor(r)
 		pub.Any(r.Prefix, h, streamBody, s.limitInvalidHandles)
 		pub.Any(r.Prefix+"/*", h, streamBody, s.limitInvalidHandles)
+		s.metrics.useProxyRoutes(r.Prefix, r.Prefix+"/*")
 	}
 
 	adm := s.Admin

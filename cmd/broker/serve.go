@@ -178,6 +178,8 @@ func runBroker(ctx context.Context, cfg *config, rdb redis.UniversalClient, keys
 	if err := metrics.Register(cacheCollector{store.CacheStats}); err != nil {
 		return err
 	}
+	sessions.Instrument(rdb, metrics)
+	metrics.CountSessions(store.CountSessions)
 	bcfg := broker.Config{
 		Issuer:       cfg.Issuer,
 		ClientID:     cfg.ClientID,
