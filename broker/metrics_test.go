@@ -45,7 +45,8 @@ func (m *countingMetrics) IdPRequest(endpoint, outcome string, _ time.Duration) 
 	m.add("idp:" + endpoint + ":" + outcome)
 }
 
-// gettingStore counts the session reads of the real store under it.
+// gettingStore counts the session reads of the real store under it, on
+// the request path (Lookup) and the refresh's (Get) alike.
 type gettingStore struct {
 	broker.Store
 	gets atomic.Int64
@@ -54,6 +55,11 @@ type gettingStore struct {
 func (g *gettingStore) Get(ctx context.Context, id string) (*broker.Session, error) {
 	g.gets.Add(1)
 	return g.Store.Get(ctx, id)
+}
+
+func (g *gettingStore) Lookup(ctx context.Context, id string) (*broker.Session, error) {
+	g.gets.Add(1)
+	return g.Store.Lookup(ctx, id)
 }
 
 // TestRefreshCoalescedCount has five requests need one refresh at once:

@@ -39,7 +39,7 @@ var CommandNames = []string{
 	"hget", "hset", "hgetall", "hmget", "hexists",
 	"zadd", "zrem", "zscore", "zcard", "zcount", "zrange", "zrangebyscore",
 	"xadd", "xlen", "xrevrange",
-	"eval", "evalsha", "script", "scan", "ping", "info", "hello", "auth", "select", "client", "cluster",
+	"eval", "evalsha", "eval_ro", "evalsha_ro", "script", "scan", "ping", "info", "hello", "auth", "select", "client", "cluster",
 	"pipeline", "other",
 }
 
