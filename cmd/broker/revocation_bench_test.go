@@ -13,6 +13,8 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/redis/go-redis/v9"
 )
 
 // BenchmarkRevocationLatency measures how long a replica keeps serving a
@@ -47,8 +49,10 @@ func BenchmarkRevocationLatency(b *testing.B) {
 	client := loadClient(clients)
 	defer client.CloseIdleConnections()
 
+	seen := watchInvalidations(b, env.stack.redis.URL())
 	var (
 		fromReturn, fromSent, revokeCall []time.Duration
+		fromInvalidation                 []time.Duration
 		lastServed                       []time.Duration
 		stale, early, served             int
 	)
@@ -80,7 +84,10 @@ func BenchmarkRevocationLatency(b *testing.B) {
 			b.Fatal(err)
 		}
 
-		var first, last200 time.Time
+		var (
+			first, last200 time.Time
+			staleHere      int
+		)
 		for _, o := range obs {
 			if o.status == http.StatusOK && o.sent.After(last200) {
 				last200 = o.sent
@@ -91,11 +98,21 @@ func BenchmarkRevocationLatency(b *testing.B) {
 					first = o.recv
 				}
 			case o.sent.After(returned):
-				stale++
+				staleHere++
 			}
 			if o.status == http.StatusOK {
 				served++
 			}
+		}
+		invalidated, ok := seen.after("broker:session:{"+id+"}", sent)
+		if !ok {
+			b.Fatalf("revocation %d: Redis sent no invalidation of the session key", len(fromReturn)+1)
+		}
+		fromInvalidation = append(fromInvalidation, max(first.Sub(invalidated), 0))
+		if staleHere > 0 {
+			stale += staleHere
+			b.Logf("revocation %d: %d requests sent up to %v after the revoke call returned (it took %v) were answered 200; the first 401 came %v after it returned; Redis's invalidation reached this process %v after the call was sent",
+				len(fromReturn)+1, staleHere, last200.Sub(returned), returned.Sub(sent), first.Sub(returned), invalidated.Sub(sent))
 		}
 		d := first.Sub(returned)
 		if d < 0 {
@@ -115,6 +132,9 @@ func BenchmarkRevocationLatency(b *testing.B) {
 	b.ReportMetric(percentile(fromSent, 0.50), "from-sent-p50-ms")
 	b.ReportMetric(percentile(fromSent, 0.99), "from-sent-p99-ms")
 	b.ReportMetric(percentile(fromSent, 1), "from-sent-max-ms")
+	b.ReportMetric(percentile(fromInvalidation, 0.50), "from-invalidation-p50-ms")
+	b.ReportMetric(percentile(fromInvalidation, 0.99), "from-invalidation-p99-ms")
+	b.ReportMetric(percentile(fromInvalidation, 1), "from-invalidation-max-ms")
 	b.ReportMetric(percentile(revokeCall, 0.50), "revoke-call-p50-ms")
 	b.ReportMetric(percentile(lastServed, 0.50), "last-200-sent-p50-ms")
 	b.ReportMetric(percentile(lastServed, 0.99), "last-200-sent-p99-ms")
@@ -278,4 +298,75 @@ func statusOf(client *http.Client, req *http.Request) (int, error) {
 		return 0, err
 	}
 	return resp.StatusCode, nil
+}
+
+// invalidations records when Redis's broadcast invalidations of each
+// session key reached this process, on a tracking connection of its own like
+// the brokers' (see sessions/tracking.go).
+type invalidations struct {
+	mu    sync.Mutex
+	times map[string][]time.Time
+}
+
+// after returns when the first invalidation of key that reached this
+// process at or after t did.
+func (v *invalidations) after(key string, t time.Time) (time.Time, bool) {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	for _, at := range v.times[key] {
+		if !at.Before(t) {
+			return at, true
+		}
+	}
+	return time.Time{}, false
+}
+
+func watchInvalidations(tb testing.TB, redisURL string) *invalidations {
+	tb.Helper()
+	opts, err := redis.ParseURL(redisURL)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	opts.Protocol = 2
+	opts.PoolSize = 1
+	opts.OnConnect = func(ctx context.Context, cn *redis.Conn) error {
+		id, err := cn.ClientID(ctx).Result()
+		if err != nil {
+			return err
+		}
+		return cn.Do(ctx, "CLIENT", "TRACKING", "ON", "REDIRECT", id, "BCAST", "PREFIX", "broker:session:{").Err()
+	}
+	rdb := redis.NewClient(opts)
+	ctx, cancel := context.WithCancel(context.Background())
+	ps := rdb.Subscribe(ctx, "__redis__:invalidate")
+	if _, err := ps.Receive(ctx); err != nil {
+		tb.Fatalf("SUBSCRIBE __redis__:invalidate: %v", err)
+	}
+	v := &invalidations{times: map[string][]time.Time{}}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for {
+			msg, err := ps.ReceiveMessage(ctx)
+			if err != nil {
+				return
+			}
+			now := time.Now()
+			keys := append(msg.PayloadSlice, msg.Payload)
+			v.mu.Lock()
+			for _, k := range keys {
+				if k != "" {
+					v.times[k] = append(v.times[k], now)
+				}
+			}
+			v.mu.Unlock()
+		}
+	}()
+	tb.Cleanup(func() {
+		cancel()
+		_ = ps.Close()
+		<-done
+		_ = rdb.Close()
+	})
+	return v
 }
