@@ -18,6 +18,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/mobile-token-broker/broker/internal/devidp"
 )
 
 // fakeAdmin is an admin API that answers as CONTRACT.md says, for the unit
@@ -784,3 +786,134 @@ func TestCLIAgainstBroker(t *testing.T) {
 		t.Errorf("audit with a wrong token = %v, want admin API: 401 without the token", err)
 	}
 }
+
+// The search and audit flags against a real broker: every session newest
+// first in pages, by subject and by id; audit events filtered, in pages,
+// with where each call came from.
+func TestCLISearchAgainstBroker(t *testing.T) {
+	s := newStack(t, stackOptions{})
+	b := s.start()
+	_, token := s.adminToken()
+	getenv := getenvOf("BROKER_ADMIN_URL", b.admin, "BROKER_ADMIN_TOKEN", token)
+	cli := func(args ...string) (string, string) {
+		t.Helper()
+		stdout, stderr, err := runCLI(t, getenv, args...)
+		if err != nil {
+			t.Fatalf("broker %s = %v\n%s", strings.Join(args, " "), err, stderr)
+		}
+		return stdout, stderr
+	}
+	ids := func(stdout string) []string {
+		t.Helper()
+		var l struct {
+			Sessions []adminSession `json:"sessions"`
+		}
+		if err := json.Unmarshal([]byte(stdout), &l); err != nil {
+			t.Fatalf("not a session list: %v\n%s", err, stdout)
+		}
+		var out []string
+		for _, ses := range l.Sessions {
+			out = append(out, ses.SessionID)
+		}
+		return out
+	}
+
+	start := s.clock.Now()
+	var all, demo []string // newest first
+	for i := range 3 {
+		var c created
+		if i == 1 {
+			c = s.loginFrom(b, devidp.OtherUsername, devidp.OtherPassword, "OtherApp/1.0")
+		} else {
+			c = s.loginFrom(b, devidp.DemoUsername, devidp.DemoPassword, "DemoApp/1.0")
+			demo = append([]string{c.SessionID}, demo...)
+		}
+		all = append([]string{c.SessionID}, all...)
+		s.clock.Advance(time.Second)
+	}
+
+	if got := ids(first(cli("sessions", "list", "--limit", "1", "--all-pages", "--json"))); !slices.Equal(got, all) {
+		t.Errorf("sessions list --limit 1 --all-pages = %v, want %v", got, all)
+	}
+	if got := ids(first(cli("sessions", "list", "--sub", devidp.DemoSubject, "--json"))); !slices.Equal(got, demo) {
+		t.Errorf("sessions list --sub %s = %v, want %v", devidp.DemoSubject, got, demo)
+	}
+	if got := ids(first(cli("sessions", "list", "--id", all[1], "--json"))); !slices.Equal(got, all[1:2]) {
+		t.Errorf("sessions list --id %s = %v, want it alone", all[1], got)
+	}
+	out, hint := cli("sessions", "list", "--limit", "2")
+	if !strings.HasPrefix(out, "SESSION ID") || !strings.Contains(out, all[0]) || !strings.Contains(out, "OtherApp/1.0") || strings.Contains(out, all[2]) {
+		t.Errorf("sessions list --limit 2 printed\n%s\nwant the 2 newest sessions", out)
+	}
+	cursor, ok := strings.CutPrefix(strings.TrimSuffix(hint, " for the next page, or --all-pages\n"), "more sessions follow: add --cursor ")
+	if !ok {
+		t.Fatalf("sessions list --limit 2 wrote %q on stderr, want the next cursor", hint)
+	}
+	if got := ids(first(cli("sessions", "list", "--limit", "2", "--cursor", cursor, "--json"))); !slices.Equal(got, all[2:]) {
+		t.Errorf("sessions list --cursor %s = %v, want %v", cursor, got, all[2:])
+	}
+
+	// A logout with a request id, then an admin revocation and a refused
+	// admin call, a second apart.
+	logout := s.loginFrom(b, devidp.DemoUsername, devidp.DemoPassword, "DemoApp/1.0")
+	if res := doURL(t, http.MethodDelete, b.base+"/v1/session", logout.Session, nil, http.Header{"User-Agent": {"DemoApp/1.0"}, "X-Request-Id": {"logout-7"}}); res.status != http.StatusNoContent {
+		t.Fatalf("logout = %d %s", res.status, res.body)
+	}
+	s.clock.Advance(time.Second)
+	cli("sessions", "revoke", "--id", all[0])
+	s.clock.Advance(time.Second)
+	if res := doURL(t, http.MethodGet, b.admin+"/admin/v1/audit", "not-the-token", nil, http.Header{"User-Agent": {"Prober/0.1"}, "X-Request-Id": {"probe-9"}}); res.status != http.StatusUnauthorized {
+		t.Fatalf("a wrong admin token = %d, want 401", res.status)
+	}
+
+	actions := func(stdout string) []string {
+		t.Helper()
+		var l struct {
+			Events []auditEvent `json:"events"`
+		}
+		if err := json.Unmarshal([]byte(stdout), &l); err != nil {
+			t.Fatalf("not an audit list: %v\n%s", err, stdout)
+		}
+		var out []string
+		for _, e := range l.Events {
+			out = append(out, e.Action+":"+e.SessionID)
+		}
+		return out
+	}
+	rfc := func(t time.Time) string { return t.UTC().Format(time.RFC3339Nano) }
+	logoutAt := start.Add(3 * time.Second)
+	for _, tc := range []struct {
+		args []string
+		want []string
+	}{
+		{[]string{"--limit", "1", "--all-pages"}, []string{"admin.denied:", "session.revoke:" + all[0], "logout:" + logout.SessionID}},
+		{[]string{"--action", "session.revoke"}, []string{"session.revoke:" + all[0]}},
+		{[]string{"--actor", "user"}, []string{"logout:" + logout.SessionID}},
+		{[]string{"--sub", devidp.DemoSubject}, []string{"session.revoke:" + all[0], "logout:" + logout.SessionID}},
+		{[]string{"--session-id", logout.SessionID}, []string{"logout:" + logout.SessionID}},
+		{[]string{"--since", rfc(logoutAt.Add(time.Second))}, []string{"admin.denied:", "session.revoke:" + all[0]}},
+		{[]string{"--since", rfc(logoutAt), "--until", rfc(logoutAt.Add(time.Second))}, []string{"logout:" + logout.SessionID}},
+		{[]string{"--action", "expired"}, nil},
+	} {
+		if got := actions(first(cli(append([]string{"audit", "--json"}, tc.args...)...))); !slices.Equal(got, tc.want) {
+			t.Errorf("audit %s = %v, want %v", strings.Join(tc.args, " "), got, tc.want)
+		}
+	}
+
+	out, _ = cli("audit", "--action", "admin.denied")
+	lines := strings.Split(strings.TrimSuffix(out, "\n"), "\n")
+	if len(lines) != 2 || !strings.Contains(lines[0], "IP") || !strings.Contains(lines[0], "USER AGENT") || !strings.Contains(lines[0], "REQUEST ID") {
+		t.Fatalf("audit --action admin.denied printed\n%s\nwant a header and one row", out)
+	}
+	for _, want := range []string{"127.0.0.1", "Prober/0.1", "probe-9"} {
+		if !strings.Contains(lines[1], want) {
+			t.Errorf("admin.denied row %q, want %q in it", lines[1], want)
+		}
+	}
+	if out, _ := cli("audit", "--action", "logout"); !strings.Contains(out, "logout-7") || !strings.Contains(out, "DemoApp/1.0") {
+		t.Errorf("audit --action logout printed\n%s\nwant its request id and user agent", out)
+	}
+}
+
+// first returns the first of two values.
+func first[A, B any](a A, _ B) A { return a }
