@@ -91,10 +91,23 @@ func schemaMismatch(err error) bool {
 }
 
 // checkStoreOnce checks the store's schema once, within firstStoreCheck.
-func checkStoreOnce(ctx context.Context, rdb redis.UniversalClient) error {
+// A store one version behind passes, as it is served, with a warning: it
+// still needs `broker migrate`.
+func checkStoreOnce(ctx context.Context, rdb redis.UniversalClient, log *slog.Logger) error {
 	cctx, cancel := context.WithTimeout(ctx, firstStoreCheck)
 	defer cancel()
-	return migrations.Check(cctx, rdb)
+	v, err := migrations.Current(cctx, rdb)
+	if err != nil {
+		return err
+	}
+	if err := migrations.Compatible(v); err != nil {
+		return err
+	}
+	if latest := migrations.Latest(); v < latest {
+		log.Warn(fmt.Sprintf("store schema version %d is one behind this broker's %d: served, writing the old layout; run `broker migrate` once no broker of the previous release serves it", v, latest),
+			"schema_version", v, "latest_schema_version", latest)
+	}
+	return nil
 }
 
 // waitForStore checks the store's schema until it passes, then sets ready;
@@ -109,7 +122,7 @@ func waitForStore(ctx context.Context, rdb redis.UniversalClient, ready *atomic.
 			return nil
 		case <-time.After(storeRetry):
 		}
-		err := checkStoreOnce(ctx, rdb)
+		err := checkStoreOnce(ctx, rdb, log)
 		switch {
 		case err == nil:
 			ready.Store(true)
@@ -144,7 +157,7 @@ func runBroker(ctx context.Context, cfg *config, rdb redis.UniversalClient, keys
 	// does not answer yet is waited for in the background, the listeners
 	// and probes up meanwhile.
 	var storeReady atomic.Bool
-	switch err := checkStoreOnce(ctx, rdb); {
+	switch err := checkStoreOnce(ctx, rdb, log); {
 	case err == nil:
 		storeReady.Store(true)
 	case schemaMismatch(err), ctx.Err() != nil:
