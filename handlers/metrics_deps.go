@@ -24,6 +24,7 @@ type dependencyMetrics struct {
 	redis    *prometheus.HistogramVec
 	opened   prometheus.Counter
 	active   *activeSessions
+	build    *prometheus.GaugeVec
 	register func(...prometheus.Collector)
 
 	// redisSeries caches the observer of each command and outcome, as
@@ -60,6 +61,7 @@ func newDependencyMetrics(reg *prometheus.Registry) *dependencyMetrics {
 		Help: "The running build: 1, labelled by the module version, the VCS revision and the Go version it was built with, from the binary's build information.",
 	}, []string{"version", "revision", "go_version"})
 	build.WithLabelValues(buildLabels()).Set(1)
+	d.build = build
 	reg.MustRegister(d.idp, d.redis, d.opened, build)
 	for _, e := range broker.IdPEndpoints {
 		d.idp.WithLabelValues(e, broker.IdPOutcomeOK)
@@ -90,6 +92,21 @@ func buildLabels() (version, revision, goVersion string) {
 		}
 	}
 	return
+}
+
+// SetBuild replaces the version and revision broker_build_info reads from
+// the build information with those the command knows, set at link time
+// where the build had no VCS (the image); an empty value keeps "unknown".
+func (d *dependencyMetrics) SetBuild(version, revision string) {
+	_, _, goVersion := buildLabels()
+	if version == "" {
+		version = "unknown"
+	}
+	if revision == "" {
+		revision = "unknown"
+	}
+	d.build.Reset()
+	d.build.WithLabelValues(version, revision, goVersion).Set(1)
 }
 
 // IdPRequest implements broker.Metrics.

@@ -191,6 +191,8 @@ func runBroker(ctx context.Context, cfg *config, rdb redis.UniversalClient, keys
 	if err := metrics.Register(cacheCollector{store.CacheStats}); err != nil {
 		return err
 	}
+	bv := readBuildVersion()
+	metrics.SetBuild(bv.Version, bv.Revision)
 	sessions.Instrument(rdb, metrics)
 	metrics.CountSessions(store.CountSessions)
 	bcfg := broker.Config{
