@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -187,6 +188,65 @@ func TestConsoleHeaders(t *testing.T) {
 	}
 }
 
+// signInForm fetches the sign-in page and returns its double-submit cookie
+// and the form's matching token.
+func signInForm(t *testing.T, admin string) (*http.Cookie, string) {
+	t.Helper()
+	res, body := consoleGet(t, http.MethodGet, admin+"/console/signin", nil)
+	var pre *http.Cookie
+	for _, c := range res.Cookies() {
+		if c.Name == "console_signin" {
+			pre = c
+		}
+	}
+	_, rest, ok := strings.Cut(body, `name="csrf" value="`)
+	csrf, _, _ := strings.Cut(rest, `"`)
+	if pre == nil || !ok || csrf != pre.Value {
+		t.Fatalf("GET /console/signin: cookie %v and form token %q, want a token double-submitted in both", pre, csrf)
+	}
+	return &http.Cookie{Name: pre.Name, Value: pre.Value}, csrf
+}
+
+func TestConsoleSignInRateLimited(t *testing.T) {
+	s := newStack(t, stackOptions{env: map[string]string{"BROKER_RATE_LIMIT_INVALID": "2/m"}})
+	inst := s.start()
+	_, token := s.adminToken()
+	post := func(tok string) int {
+		pre, csrf := signInForm(t, inst.admin)
+		res, _ := consoleGet(t, http.MethodPost, inst.admin+"/console/signin", url.Values{"csrf": {csrf}, "token": {tok}}, pre)
+		return res.StatusCode
+	}
+	for i, want := range []int{http.StatusUnauthorized, http.StatusUnauthorized, http.StatusTooManyRequests} {
+		if got := post("wrong-" + strconv.Itoa(i)); got != want {
+			t.Errorf("wrong token, try %d: POST /console/signin = %d, want %d", i+1, got, want)
+		}
+	}
+	// Refusals and the API's share one budget: the API refuses too.
+	if res := doURL(t, http.MethodGet, inst.admin+"/admin/v1/audit", "wrong", nil, nil); res.status != http.StatusTooManyRequests {
+		t.Errorf("GET /admin/v1/audit with a wrong token after the console's refusals = %d, want 429", res.status)
+	}
+	// Only refusals are counted: the right token still signs in.
+	if got := post(token); got != http.StatusSeeOther {
+		t.Errorf("right token after the refusals: POST /console/signin = %d, want 303", got)
+	}
+	denied := 0
+	events, _ := s.audit(inst, "50")
+	for _, e := range events {
+		if e.Action == "admin.denied" && strings.HasPrefix(e.Detail, "POST /console/signin") {
+			denied++
+		}
+	}
+	if denied != 2 {
+		t.Errorf("%d admin.denied events of the console's sign-in, want 2 (the refusals within the budget)", denied)
+	}
+	// A form without the double-submitted token is refused before the
+	// token is looked at.
+	res, _ := consoleGet(t, http.MethodPost, inst.admin+"/console/signin", url.Values{"token": {token}})
+	if res.StatusCode != http.StatusForbidden {
+		t.Errorf("POST /console/signin without the form's token = %d, want 403", res.StatusCode)
+	}
+}
+
 func TestConsoleInBrowser(t *testing.T) {
 	b := newBrowser(t)
 	s := newStack(t, stackOptions{})
@@ -198,6 +258,12 @@ func TestConsoleInBrowser(t *testing.T) {
 	phone := s.loginFrom(inst, devidp.DemoUsername, devidp.DemoPassword, "DemoApp/1.0 (phone)")
 	tablet := s.loginFrom(inst, devidp.DemoUsername, devidp.DemoPassword, "DemoApp/1.0 (tablet)")
 	theirs := s.loginFrom(inst, devidp.OtherUsername, devidp.OtherPassword, "OtherApp/1.0")
+
+	// Scripts are off: a page's script does not run.
+	b.run("load a page with a script", chromedp.Navigate(`data:text/html,<title>before</title><script>document.title="ran"</script>`))
+	if title := browse(b, "read the title", chromedp.Title()); title != "before" {
+		t.Fatalf("the page's script ran (title %q): JavaScript is not disabled", title)
+	}
 
 	// Signed out, the console sends to its sign-in page.
 	b.run("open the console", chromedp.Navigate(console+"/"), chromedp.WaitVisible(chromedp.ID("token")))
@@ -302,6 +368,7 @@ func TestConsoleInBrowser(t *testing.T) {
 			t.Errorf("user page lists:\n%s\nwant the user agent and client address", body)
 		}
 		b.screenshot("user")
+		revokedBefore := len(s.idp.Revoked())
 		b.run("end the phone's session",
 			chromedp.Click(chromedp.CSS(fmt.Sprintf(`button[aria-label="End session %s"]`, phone.SessionID))),
 			chromedp.WaitVisible(chromedp.CSS(".notice")))
@@ -313,6 +380,9 @@ func TestConsoleInBrowser(t *testing.T) {
 		}
 		if res := do(t, inst, http.MethodGet, "/api/x", tablet.Session, nil); res.status != http.StatusOK {
 			t.Errorf("the app's call with the other session = %d, want 200", res.status)
+		}
+		if got := len(s.idp.Revoked()) - revokedBefore; got != 1 {
+			t.Errorf("the IdP saw %d revocations, want 1 (RFC 7009)", got)
 		}
 	})
 
@@ -331,7 +401,7 @@ func TestConsoleInBrowser(t *testing.T) {
 			chromedp.WaitVisible(chromedp.ID("go")),
 			chromedp.Click(chromedp.ID("go")),
 			chromedp.WaitVisible(chromedp.CSS(".problem")))
-		if got := b.text(".problem"); !strings.Contains(got, "another site") && !strings.Contains(got, "not signed in") {
+		if got := b.text(".problem"); !strings.Contains(got, "another site") {
 			t.Errorf("cross-site post answered %q, want it refused", got)
 		}
 		if res := do(t, inst, http.MethodGet, "/api/x", theirs.Session, nil); res.status != http.StatusOK {
@@ -358,6 +428,7 @@ func TestConsoleInBrowser(t *testing.T) {
 			t.Errorf("confirmation = %q, want it to name 1 session", got)
 		}
 		b.screenshot("confirm")
+		revokedBefore := len(s.idp.Revoked())
 		b.run("confirm",
 			chromedp.Click(chromedp.CSS(`form.card button.danger`)),
 			chromedp.WaitVisible(chromedp.CSS(".notice")))
@@ -369,6 +440,9 @@ func TestConsoleInBrowser(t *testing.T) {
 		}
 		if res := do(t, inst, http.MethodGet, "/api/x", theirs.Session, nil); res.status != http.StatusOK {
 			t.Errorf("the other user's session after revoking the demo user = %d, want 200", res.status)
+		}
+		if got := len(s.idp.Revoked()) - revokedBefore; got != 1 {
+			t.Errorf("the IdP saw %d revocations, want 1 (RFC 7009)", got)
 		}
 	})
 
