@@ -15,6 +15,9 @@ import (
 // signInPage shows the sign-in form, with a fresh double-submitted CSRF
 // token.
 func (con *Console) signInPage(c echo.Context) error {
+	if ck, err := c.Cookie(sessionCookie); err == nil && con.signIns.find(ck.Value, con.cfg.Now()) != nil {
+		return c.Redirect(http.StatusSeeOther, Prefix+"/")
+	}
 	return con.showSignIn(c, http.StatusOK, "")
 }
 
