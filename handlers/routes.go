@@ -40,4 +40,6 @@ func (s *Server) routes() {
 	av1.GET("/sessions/:id", s.adminGetSession)
 	av1.DELETE("/sessions/:id", s.adminRevokeSession)
 	av1.GET("/audit", s.adminAudit)
+
+	s.mountConsole(adm)
 }

@@ -16,6 +16,7 @@ import (
 	"go.opentelemetry.io/otel/trace"
 
 	"github.com/mobile-token-broker/broker/broker"
+	"github.com/mobile-token-broker/broker/console"
 )
 
 // maxBodyBytes caps request bodies on /v1/* (the contract's 64 KiB).
@@ -44,6 +45,9 @@ type Config struct {
 	Ping func(context.Context) error
 	// AdminTokens are the bearer tokens of the admin API; none closes it.
 	AdminTokens []AdminToken
+	// Console, when set, is served under /console/ on the admin listener,
+	// its sign-ins admitted with AdminTokens.
+	Console *console.Console
 	// Metrics receives the HTTP metrics and serves GET /metrics; pass the
 	// one given to broker.Config to have the domain's counts there too.
 	// Default: a new one with the HTTP metrics only.

@@ -21,6 +21,7 @@ import (
 	"go.opentelemetry.io/otel/trace"
 
 	"github.com/mobile-token-broker/broker/broker"
+	"github.com/mobile-token-broker/broker/console"
 	"github.com/mobile-token-broker/broker/handlers"
 	"github.com/mobile-token-broker/broker/migrations"
 	"github.com/mobile-token-broker/broker/sessions"
@@ -195,6 +196,9 @@ func runBroker(ctx context.Context, cfg *config, rdb redis.UniversalClient, keys
 	metrics.SetBuild(bv.Version, bv.Revision)
 	sessions.Instrument(rdb, metrics)
 	metrics.CountSessions(store.CountSessions)
+	// The security console's overview counts the last hour from the
+	// figures the service reports.
+	activity := console.NewActivity(metrics, h.now)
 	bcfg := broker.Config{
 		Issuer:       cfg.Issuer,
 		ClientID:     cfg.ClientID,
@@ -209,7 +213,7 @@ func runBroker(ctx context.Context, cfg *config, rdb redis.UniversalClient, keys
 		Replay:       store,
 		Logger:       log,
 		Now:          h.now,
-		Metrics:      metrics,
+		Metrics:      activity,
 	}
 	if h.service != nil {
 		h.service(&bcfg)
@@ -244,6 +248,17 @@ func runBroker(ctx context.Context, cfg *config, rdb redis.UniversalClient, keys
 	if err != nil {
 		return err
 	}
+	con, err := console.New(console.Config{
+		Service:        svc,
+		ActiveSessions: store.CountSessions,
+		Ping:           store.Ping,
+		Activity:       activity,
+		Now:            h.now,
+		Logger:         log,
+	})
+	if err != nil {
+		return err
+	}
 	srv, err := handlers.New(handlers.Config{
 		Service:           svc,
 		Proxy:             proxy,
@@ -261,6 +276,7 @@ func runBroker(ctx context.Context, cfg *config, rdb redis.UniversalClient, keys
 			return store.Ping(ctx)
 		},
 		AdminTokens:    cfg.AdminTokens,
+		Console:        con,
 		Metrics:        metrics,
 		TracerProvider: tracerProviderOrNil(tp),
 		Logger:         log,
