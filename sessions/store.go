@@ -94,6 +94,9 @@ func (s *Store) Create(ctx context.Context, sess *broker.Session) error {
 	}
 	key := sessionKey(sess.ID)
 	_, err = s.client.TxPipelined(ctx, func(pipe redis.Pipeliner) error {
+		if sess.JKT != "" {
+			pipe.HSet(ctx, key, fieldJKT, sess.JKT)
+		}
 		pipe.HSet(ctx, key,
 			fieldVersion, recordVersion,
 			fieldGen, 1,

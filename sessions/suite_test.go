@@ -67,6 +67,7 @@ func runStoreSuite(t *testing.T, newStore func(t *testing.T) *Store) {
 	t.Run("RekeyCompareAndSet", func(t *testing.T) { testRekeyCompareAndSet(t, newStore(t)) })
 	t.Run("RekeyRemoveUnreadable", func(t *testing.T) { testRekeyRemoveUnreadable(t, newStore(t)) })
 	t.Run("UpgradeRecords", func(t *testing.T) { testUpgradeRecords(t, newStore(t)) })
+	t.Run("DPoPBinding", func(t *testing.T) { testDPoPBinding(t, newStore(t)) })
 }
 
 // testReadAfterChange reads a session repeatedly while its record changes
