@@ -43,6 +43,10 @@ var DefaultDPoPAlgorithms = []string{"ES256"}
 // with (RFC 9449 section 4.3 point 5: no "none", no MAC).
 var dpopAlgorithms = []string{"ES256", "ES384", "ES512", "PS256", "PS384", "PS512", "RS256", "RS384", "RS512", "EdDSA"}
 
+// ValidDPoPAlgorithm reports whether a is a JWS algorithm a proof may be
+// configured to use.
+func ValidDPoPAlgorithm(a string) bool { return slices.Contains(dpopAlgorithms, a) }
+
 // DPoPConfig configures proof checking.
 type DPoPConfig struct {
 	// Mode is DPoPOptional (the default when empty) or DPoPRequired.

@@ -56,6 +56,9 @@ type config struct {
 	WebSocketRoutes        string   `env:"BROKER_WEBSOCKET_ROUTES"`
 	WebSocketMaxLifetime   duration `env:"BROKER_WEBSOCKET_MAX_LIFETIME"`
 	WebSocketCheckInterval duration `env:"BROKER_WEBSOCKET_CHECK_INTERVAL"`
+	// DPoP and DPoPAlgorithms configure device-bound sessions (RFC 9449).
+	DPoP           dpopMode       `env:"BROKER_DPOP" envDefault:"optional"`
+	DPoPAlgorithms dpopAlgorithms `env:"BROKER_DPOP_ALGORITHMS" envDefault:"ES256"`
 	// TLSCert and TLSKey, both or neither, serve the public listener over
 	// TLS (HTTP/2 by ALPN) from PEM files.
 	TLSCert string `env:"BROKER_TLS_CERT"`
