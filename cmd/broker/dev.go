@@ -33,10 +33,13 @@ const (
 	devAccessTokenTTL = time.Minute
 )
 
-// devCommand runs `broker dev` and `broker dev login`.
+// devCommand runs `broker dev`, `broker dev login` and `broker dev proof`.
 func devCommand(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error {
 	if len(args) > 0 && args[0] == "login" {
 		return devLogin(ctx, args[1:], stdout)
+	}
+	if len(args) > 0 && args[0] == "proof" {
+		return devProof(args[1:], stdout)
 	}
 	fs := flag.NewFlagSet("broker dev", flag.ContinueOnError)
 	fs.SetOutput(stderr)
@@ -147,6 +150,13 @@ Play the mobile app (PKCE, browser login, code handed to the broker):
   curl -H "Authorization: Bearer $HANDLE" http://%[1]s/v1/session
   curl -X DELETE -H "Authorization: Bearer $HANDLE" http://%[1]s/v1/session
 
+The same with a session bound to a device key (DPoP), one proof per request:
+  HANDLE=$(go run ./cmd/broker dev login -dpop -dpop-key /tmp/dpop-key.json)
+  PROOF=$(go run ./cmd/broker dev proof -key /tmp/dpop-key.json -handle "$HANDLE" GET http://%[1]s/api/whoami)
+  curl -H "Authorization: DPoP $HANDLE" -H "DPoP: $PROOF" http://%[1]s/api/whoami
+  PROOF=$(go run ./cmd/broker dev proof -key /tmp/dpop-key.json -handle "$HANDLE" GET http://%[1]s/v1/sessions)
+  curl -H "Authorization: DPoP $HANDLE" -H "DPoP: $PROOF" http://%[1]s/v1/sessions
+
 Access tokens live %[7]s here, so the broker refreshes them as you go.
 `, public, admin, issuer, devidp.DemoUsername, adminToken, devidp.DemoPassword, devAccessTokenTTL)
 }
@@ -199,6 +209,8 @@ func devLogin(ctx context.Context, args []string, stdout io.Writer) error {
 	user := fs.String("user", devidp.DemoUsername, "username at the development IdP")
 	password := fs.String("password", devidp.DemoPassword, "password at the development IdP")
 	verbose := fs.Bool("v", false, "print the whole session response, not only the handle")
+	bind := fs.Bool("dpop", false, "bind the session to a new P-256 key (DPoP, RFC 9449), saved to -dpop-key for `broker dev proof`")
+	keyFile := fs.String("dpop-key", "dpop-key.json", "where -dpop saves the private key (a JWK, mode 0600)")
 	if err := fs.Parse(args); err != nil {
 		return errUsage
 	}
@@ -222,6 +234,17 @@ func devLogin(ctx context.Context, args []string, stdout io.Writer) error {
 		return err
 	}
 	req.Header.Set("Content-Type", "application/json")
+	var key *dpopKey
+	if *bind {
+		if key, err = newDPoPKey(); err != nil {
+			return err
+		}
+		proof, err := key.proof(http.MethodPost, req.URL.String(), "", "", time.Now())
+		if err != nil {
+			return err
+		}
+		req.Header.Set("DPoP", proof)
+	}
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
 		return fmt.Errorf("POST /v1/sessions: %w", err)
@@ -233,6 +256,11 @@ func devLogin(ctx context.Context, args []string, stdout io.Writer) error {
 	}
 	if resp.StatusCode != http.StatusCreated {
 		return fmt.Errorf("POST /v1/sessions = %s: %s", resp.Status, raw)
+	}
+	if key != nil {
+		if err := key.save(*keyFile); err != nil {
+			return fmt.Errorf("save the DPoP key: %w", err)
+		}
 	}
 	if *verbose {
 		_, err := stdout.Write(append(raw, '\n'))

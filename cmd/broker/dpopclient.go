@@ -8,9 +8,12 @@ import (
 	"encoding/base64"
 	"encoding/json"
 	"errors"
+	"flag"
 	"fmt"
+	"io"
 	"net/url"
 	"os"
+	"strings"
 	"time"
 
 	"github.com/go-jose/go-jose/v4"
@@ -102,4 +105,26 @@ func loadDPoPKey(path string) (*dpopKey, error) {
 		return nil, errors.New(path + " does not hold an EC private key")
 	}
 	return &dpopKey{priv: priv}, nil
+}
+
+// devProof prints a DPoP proof for one request, signed with a key saved by
+// `broker dev login -dpop`: `broker dev proof -key FILE -handle H METHOD URL`.
+func devProof(args []string, stdout io.Writer) error {
+	fs := flag.NewFlagSet("broker dev proof", flag.ContinueOnError)
+	keyFile := fs.String("key", "dpop-key.json", "the key saved by `broker dev login -dpop`")
+	handle := fs.String("handle", "", "the session handle the proof goes with (its hash is the ath claim)")
+	nonce := fs.String("nonce", "", "the broker's DPoP-Nonce, when it asked for one (use_dpop_nonce)")
+	if err := fs.Parse(args); err != nil || fs.NArg() != 2 {
+		return errUsage
+	}
+	key, err := loadDPoPKey(*keyFile)
+	if err != nil {
+		return err
+	}
+	proof, err := key.proof(strings.ToUpper(fs.Arg(0)), fs.Arg(1), *handle, *nonce, time.Now())
+	if err != nil {
+		return err
+	}
+	_, err = fmt.Fprintln(stdout, proof)
+	return err
 }

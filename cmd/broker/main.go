@@ -8,6 +8,8 @@
 //	                   (--remove-unreadable: end those that cannot be read)
 //	broker dev         run a self-contained development stack
 //	broker dev login   play the mobile app against `broker dev`
+//	                   (--dpop: bind the session to a new device key)
+//	broker dev proof   sign a DPoP proof with that key
 //	broker sessions    list, show and revoke sessions through the admin API
 //	broker audit       show the newest audit events through the admin API
 package main
@@ -41,7 +43,7 @@ func main() {
 	}
 }
 
-var errUsage = errors.New("usage: broker serve | broker migrate | broker rekey [--remove-unreadable] | broker dev [login] | broker sessions list|show|revoke | broker audit")
+var errUsage = errors.New("usage: broker serve | broker migrate | broker rekey [--remove-unreadable] | broker dev [login|proof] | broker sessions list|show|revoke | broker audit")
 
 // run dispatches a subcommand. It returns instead of exiting so that tests
 // can drive the whole program.
