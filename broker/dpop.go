@@ -157,7 +157,6 @@ type proof struct {
 	jti   string
 	iat   time.Time
 	nonce string
-	ath   string
 	// until is how long the proof stays acceptable: its jti is
 	// remembered that long.
 	until time.Time
@@ -258,6 +257,9 @@ func (d *dpop) verify(req ProofRequest, handle string, now time.Time) (*proof, e
 	// carries one, by iat otherwise.
 	out := &proof{jkt: p.jkt, jti: claims.JTI, iat: p.iat}
 	if claims.Nonce != nil {
+		if d.nonces == nil {
+			return nil, d.refuse(CodeInvalidDPoPProof, "the broker issues no DPoP nonces")
+		}
 		until, ok := d.openNonce(*claims.Nonce, now)
 		if !ok {
 			return nil, d.nonceRequired("the proof's nonce is unknown or expired", now)
@@ -601,6 +603,3 @@ func (s *Service) suspectTheft(ctx context.Context, sess *Session, outcome, deta
 // ActionDPoPRefused is the audit action of a DPoP-bound handle presented
 // without a proof of its key.
 const ActionDPoPRefused = "dpop.refused"
-
-// DPoPNonce returns a fresh server nonce, or "" when nonces are off.
-func (s *Service) DPoPNonce() string { return s.dpop.newNonce(s.cfg.Now()) }

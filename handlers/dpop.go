@@ -37,7 +37,11 @@ func credential(r *http.Request, trusted []netip.Prefix) (cred broker.Credential
 	case strings.EqualFold(scheme, "DPoP"):
 		cred.Handle, cred.DPoP = strings.TrimSpace(rest), true
 	}
-	cred.ProofRequest = proofRequest(r, trusted)
+	if cred.DPoP || r.Header.Get(dpopHeader) != "" {
+		// Only a proof needs the URL; a bearer request without one is
+		// spared building it.
+		cred.ProofRequest = proofRequest(r, trusted)
+	}
 	return cred, true
 }
 
