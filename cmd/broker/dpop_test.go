@@ -391,6 +391,28 @@ func TestDPoPModes(t *testing.T) {
 	res = doURL(t, http.MethodGet, req.base+"/v1/session", bearer.Session, nil, nil)
 	wantDPoPError(t, "an unbound session in required mode", res, "invalid_token")
 
+	// Other algorithms are the operator's choice.
+	es384, err := s.tryStart(map[string]string{"BROKER_DPOP_ALGORITHMS": "ES256, ES384"})
+	if err != nil {
+		t.Fatalf("serve with BROKER_DPOP_ALGORITHMS=ES256,ES384: %v", err)
+	}
+	p384, _ := ecdsa.GenerateKey(elliptic.P384(), rand.Reader)
+	signer, err := jose.NewSigner(jose.SigningKey{Algorithm: jose.ES384, Key: p384}, (&jose.SignerOptions{EmbedJWK: true}).WithType("dpop+jwt"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	claims, _ := json.Marshal(appProofClaims{JTI: rand.Text(), HTM: http.MethodPost, HTU: es384.base + "/v1/sessions", IAT: s.clock.Now().Unix()})
+	jws, err := signer.Sign(claims)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p, _ := jws.CompactSerialize()
+	if res := s.signIn(es384, "", dpopHeaders("", p)); res.status != http.StatusCreated {
+		t.Errorf("sign-in with an ES384 proof where ES384 is allowed = %d %s, want 201", res.status, res.body)
+	} else if res := s.signIn(es384, "", dpopHeaders("", proofFor(t, k, es384, http.MethodPost, "/v1/sessions", "", "", s.clock.Now()))); res.status != http.StatusCreated {
+		t.Errorf("sign-in with an ES256 proof where ES256 and ES384 are allowed = %d %s, want 201", res.status, res.body)
+	}
+
 	for _, env := range []map[string]string{{"BROKER_DPOP": "always"}, {"BROKER_DPOP_ALGORITHMS": "ES256,HS256"}, {"BROKER_DPOP_ALGORITHMS": "none"}} {
 		if _, err := s.tryStart(env); err == nil || !strings.Contains(err.Error(), "BROKER_DPOP") {
 			t.Errorf("serve with %v = %v, want an error naming the variable", env, err)
