@@ -5,6 +5,18 @@
 #   docker build -t mobile-token-broker/broker .
 #   docker run --rm mobile-token-broker/broker migrate   # then: serve (the default)
 #
+# A release build names itself in the image's OCI labels:
+#
+#   docker build \
+#     --build-arg VERSION=0.1.0 \
+#     --build-arg REVISION=$(git rev-parse HEAD) \
+#     --build-arg CREATED=$(date -u +%Y-%m-%dT%H:%M:%SZ) \
+#     -t mobile-token-broker/broker:0.1.0 .
+#
+# The base images are named by tag; scripts/pin-base-images.sh resolves each
+# to its current digest and rewrites the FROM lines as tag@sha256:..., so
+# that a release build is reproducible and a re-pushed tag cannot change it.
+#
 # Configuration comes from BROKER_* environment variables only (see the
 # README); the image sets the two listeners so that they are reachable from
 # outside the container.
@@ -21,16 +33,30 @@ COPY go.mod go.sum ./
 RUN go mod download && go mod verify
 
 COPY . .
+# The production binary is built with the tag nodev: without the dev
+# command, the development IdP (and its demo password) and the embedded
+# Redis. `go run ./cmd/broker dev` from source keeps them.
 ARG TARGETOS TARGETARCH
 RUN --mount=type=cache,target=/root/.cache/go-build \
     CGO_ENABLED=0 GOOS=$TARGETOS GOARCH=$TARGETARCH \
-    go build -trimpath -ldflags="-s -w" -o /out/broker ./cmd/broker && \
+    go build -tags nodev -trimpath -ldflags="-s -w" -o /out/broker ./cmd/broker && \
     CGO_ENABLED=0 GOOS=$TARGETOS GOARCH=$TARGETARCH \
     go build -trimpath -ldflags="-s -w" -o /out/healthcheck ./deploy/healthcheck
 
 # Distroless static: CA certificates, tzdata and /etc/passwd, no shell, no
 # package manager. The :nonroot tag runs as uid/gid 65532.
 FROM gcr.io/distroless/static-debian12:nonroot
+ARG VERSION=dev
+ARG REVISION=""
+ARG CREATED=""
+ARG SOURCE=https://github.com/mobile-token-broker/broker
+LABEL org.opencontainers.image.title="token broker" \
+      org.opencontainers.image.description="Token broker for mobile apps: OIDC code+PKCE, encrypted sessions in Redis, a refreshing reverse proxy" \
+      org.opencontainers.image.version="${VERSION}" \
+      org.opencontainers.image.revision="${REVISION}" \
+      org.opencontainers.image.created="${CREATED}" \
+      org.opencontainers.image.source="${SOURCE}" \
+      org.opencontainers.image.licenses="Apache-2.0"
 COPY --from=build /out/broker /broker
 COPY --from=build /out/healthcheck /healthcheck
 USER nonroot:nonroot

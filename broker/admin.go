@@ -4,8 +4,12 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
+	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
+	"time"
 )
 
 // The security team's use cases: list and end sessions centrally, read the
@@ -176,8 +180,130 @@ func (s *Service) Audit(ctx context.Context, limit int) ([]AuditEvent, error) {
 	return events, nil
 }
 
+// AuditPage is one page of an audit search.
+type AuditPage struct {
+	Events []AuditEvent
+	// Next is the cursor of the following page; "" on the last one.
+	Next string
+}
+
+// SearchAudit returns a page of the audit events q selects, newest first;
+// see AuditLog.Search for what a page holds.
+func (s *Service) SearchAudit(ctx context.Context, q AuditQuery) (AuditPage, error) {
+	if s.cfg.Audit == nil {
+		return AuditPage{}, nil
+	}
+	if q.Limit < 1 {
+		q.Limit = 1
+	}
+	events, next, err := s.cfg.Audit.Search(ctx, q)
+	if err != nil {
+		return AuditPage{}, fmt.Errorf("search audit events: %w", err)
+	}
+	return AuditPage{Events: events, Next: next}, nil
+}
+
+// SessionQuery selects sessions for the security team's search. With
+// neither Subject nor SessionID it selects every live session.
+type SessionQuery struct {
+	Subject   string
+	SessionID string
+	// After is the cursor of the previous page's Next; "" starts at the
+	// newest.
+	After string
+	// Limit is at least 1.
+	Limit int
+}
+
+// SessionPage is one page of a session search, in SessionOrder.
+type SessionPage struct {
+	Sessions []*Session
+	// Next is the cursor of the following page; "" on the last one.
+	Next string
+}
+
+// maxSessionCursorLen bounds a session cursor: a millisecond time and a
+// session id.
+const maxSessionCursorLen = 64
+
+// sessionCursor is a SessionPosition as an opaque cursor,
+// "<Unix ms>.<session id>"; "" for the zero position.
+func sessionCursor(p SessionPosition) string {
+	if p.IsZero() {
+		return ""
+	}
+	return strconv.FormatInt(p.AbsoluteExpiry.UnixMilli(), 10) + "." + p.ID
+}
+
+// parseSessionCursor reads a cursor sessionCursor wrote; ErrBadCursor for
+// anything else.
+func parseSessionCursor(c string) (SessionPosition, error) {
+	if c == "" {
+		return SessionPosition{}, nil
+	}
+	if len(c) > maxSessionCursorLen {
+		return SessionPosition{}, ErrBadCursor
+	}
+	ms, id, ok := strings.Cut(c, ".")
+	n, err := strconv.ParseInt(ms, 10, 64)
+	if !ok || err != nil || n < 0 || !ValidSessionID(id) {
+		return SessionPosition{}, ErrBadCursor
+	}
+	return SessionPosition{AbsoluteExpiry: time.UnixMilli(n).UTC(), ID: id}, nil
+}
+
+// SearchSessions returns a page of the live sessions q selects, in
+// SessionOrder (newest first while BROKER_SESSION_MAX_LIFETIME is
+// unchanged), unreadable records included and flagged. A malformed cursor
+// is ErrBadCursor. A page may hold fewer than q.Limit sessions while Next
+// says more may follow.
+func (s *Service) SearchSessions(ctx context.Context, q SessionQuery) (SessionPage, error) {
+	after, err := parseSessionCursor(q.After)
+	if err != nil {
+		return SessionPage{}, err
+	}
+	if q.Limit < 1 {
+		q.Limit = 1
+	}
+	switch {
+	case q.SessionID != "":
+		sess, err := s.Session(ctx, q.SessionID)
+		switch {
+		case errors.Is(err, ErrNotFound):
+			return SessionPage{}, nil
+		case err != nil:
+			return SessionPage{}, err
+		case q.Subject != "" && sess.Subject != q.Subject,
+			!after.IsZero() && SessionOrder(PositionOf(sess), after) <= 0:
+			return SessionPage{}, nil
+		}
+		return SessionPage{Sessions: []*Session{sess}}, nil
+	case q.Subject != "":
+		all, err := s.UserSessions(ctx, q.Subject)
+		if err != nil {
+			return SessionPage{}, err
+		}
+		slices.SortFunc(all, func(a, b *Session) int { return SessionOrder(PositionOf(a), PositionOf(b)) })
+		if !after.IsZero() {
+			all = slices.DeleteFunc(all, func(x *Session) bool { return SessionOrder(PositionOf(x), after) <= 0 })
+		}
+		if len(all) <= q.Limit {
+			return SessionPage{Sessions: all}, nil
+		}
+		page := all[:q.Limit]
+		return SessionPage{Sessions: page, Next: sessionCursor(PositionOf(page[len(page)-1]))}, nil
+	}
+	page, next, err := s.cfg.Store.ListRecent(ctx, after, q.Limit)
+	if err != nil {
+		return SessionPage{}, fmt.Errorf("list recent sessions: %w", err)
+	}
+	return SessionPage{Sessions: page, Next: sessionCursor(next)}, nil
+}
+
 // AdminDenied records a refused admin call. detail must not hold the
 // presented credential.
 func (s *Service) AdminDenied(ctx context.Context, detail string) {
+	// The request the probe came from is named by the context (see
+	// WithRequest).
 	s.audit(ctx, AuditEvent{Actor: "unknown", Action: ActionAdminDenied, Outcome: OutcomeError, Detail: detail})
 }

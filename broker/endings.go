@@ -180,10 +180,19 @@ func (s *Service) appendAudit(ctx context.Context, e AuditEvent) error {
 	if e.Time.IsZero() {
 		e.Time = s.cfg.Now()
 	}
+	if r := RequestFrom(ctx); r != nil && e.ClientIP == "" && e.UserAgent == "" && e.RequestID == "" {
+		e.ClientIP, e.UserAgent, e.RequestID = r.ClientIP(), r.UserAgent(), r.RequestID()
+	}
 	e.Actor = truncate(e.Actor, 128)
 	e.Subject = truncate(withoutSecret(e.Subject), 256)
 	e.Detail = truncate(e.Detail, MaxAuditDetailLen)
-	s.log.InfoContext(ctx, "audit", "actor", e.Actor, "action", e.Action, "session_id", e.SessionID, "sub", e.Subject, "outcome", e.Outcome, "detail", e.Detail)
+	e.ClientIP = truncate(e.ClientIP, MaxIPLen)
+	e.UserAgent = truncate(withoutSecret(e.UserAgent), MaxUserAgentLen)
+	e.RequestID = truncate(e.RequestID, MaxRequestIDLen)
+	// The log line's request_id comes from the context (see the handlers'
+	// log handler).
+	s.log.InfoContext(ctx, "audit", "actor", e.Actor, "action", e.Action, "session_id", e.SessionID, "sub", e.Subject,
+		"outcome", e.Outcome, "detail", e.Detail, "ip", e.ClientIP, "user_agent", e.UserAgent)
 	if s.cfg.Audit == nil {
 		return nil
 	}

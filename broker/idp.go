@@ -87,8 +87,26 @@ func (s *Service) Discover(ctx context.Context) error {
 // Ready reports whether the discovery document is loaded.
 func (s *Service) Ready() bool { return s.idp.Load() != nil }
 
+// DiscoveryProblem says why the discovery document is not loaded, in words
+// fit for a readiness probe: "" once it is loaded. It names the issuers of a
+// mismatch, which are public; any other failure is described only as such,
+// its details being in the log.
+func (s *Service) DiscoveryProblem() string {
+	if s.Ready() {
+		return ""
+	}
+	if p := s.discoveryProblem.Load(); p != nil {
+		return *p
+	}
+	return "not loaded yet"
+}
+
 // DiscoverUntilReady retries discovery with capped exponential backoff until
-// it succeeds or ctx ends, so the broker can start while the IdP is down.
+// it succeeds or ctx ends, so the broker can start while the IdP is down. An
+// issuer that the discovery document states differently (a trailing slash,
+// another host name) is logged as an error naming both, at every attempt:
+// it is a configuration mistake that waiting does not cure, unless the IdP's
+// configuration changes.
 func (s *Service) DiscoverUntilReady(ctx context.Context) {
 	backoff := 500 * time.Millisecond
 	for {
@@ -97,7 +115,17 @@ func (s *Service) DiscoverUntilReady(ctx context.Context) {
 			s.log.Info("identity provider discovered", "issuer", s.cfg.Issuer)
 			return
 		}
-		s.log.Warn("identity provider discovery failed, retrying", "issuer", s.cfg.Issuer, "error", err, "retry_in", backoff)
+		var mismatch *oidc.IssuerMismatchError
+		if errors.As(err, &mismatch) {
+			problem := fmt.Sprintf("issuer mismatch: configured %q, the discovery document states %q", mismatch.Provided, mismatch.Discovered)
+			s.discoveryProblem.Store(&problem)
+			s.log.Error("the configured issuer is not the one the identity provider's discovery document states: set BROKER_OIDC_ISSUER to exactly the discovered issuer",
+				"configured_issuer", mismatch.Provided, "discovered_issuer", mismatch.Discovered, "retry_in", backoff)
+		} else {
+			problem := "discovery failing (see the log), retrying"
+			s.discoveryProblem.Store(&problem)
+			s.log.Warn("identity provider discovery failed, retrying", "issuer", s.cfg.Issuer, "error", err, "retry_in", backoff)
+		}
 		select {
 		case <-ctx.Done():
 			return

@@ -92,6 +92,10 @@ type Service struct {
 	unreadable unreadableSeen
 	dpop       *dpop
 	life       *lifecycle
+
+	// discoveryProblem says why discovery is failing, for the readiness
+	// probe; see DiscoveryProblem.
+	discoveryProblem atomic.Pointer[string]
 	// refreshClient is cfg.HTTPClient without its Timeout.
 	refreshClient *http.Client
 	// shortTokens is set once an access token that lives shorter than
@@ -390,7 +394,7 @@ func (s *Service) Authenticate(ctx context.Context, cred Credential) (*Session, 
 // invalid handles. An unreadable record is logged once per process with its
 // session id, never with what it holds.
 func (s *Service) get(ctx context.Context, id string) (*Session, error) {
-	sess, err := s.cfg.Store.Get(ctx, id)
+	sess, err := s.cfg.Store.Lookup(ctx, id)
 	switch {
 	case err == nil:
 		return sess, nil

@@ -57,6 +57,7 @@ const (
 	MaxUserAgentLen   = 256
 	MaxIPLen          = 64
 	MaxAuditDetailLen = 512
+	MaxRequestIDLen   = 128
 )
 
 // truncate cuts s to at most n bytes without leaving a partial UTF-8
@@ -150,8 +151,37 @@ func canonical(s string, n int) bool {
 	if len(s) != base64.RawURLEncoding.EncodedLen(n) {
 		return false
 	}
-	b, err := base64.RawURLEncoding.DecodeString(s)
-	return err == nil && len(b) == n && base64.RawURLEncoding.EncodeToString(b) == s
+	// Equivalent to decoding and encoding again, without allocating: every
+	// character is of the alphabet, and the bits of the last one beyond
+	// the n bytes are zero.
+	var last int
+	for i := range len(s) {
+		v := base64URLValue(s[i])
+		if v < 0 {
+			return false
+		}
+		last = v
+	}
+	unused := len(s)*6 - n*8
+	return last&(1<<unused-1) == 0
+}
+
+// base64URLValue is the value of a base64url character, -1 for any other
+// byte.
+func base64URLValue(c byte) int {
+	switch {
+	case 'A' <= c && c <= 'Z':
+		return int(c - 'A')
+	case 'a' <= c && c <= 'z':
+		return int(c-'a') + 26
+	case '0' <= c && c <= '9':
+		return int(c-'0') + 52
+	case c == '-':
+		return 62
+	case c == '_':
+		return 63
+	}
+	return -1
 }
 
 // matches compares the stored secret hash with the presented one in constant

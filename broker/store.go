@@ -28,9 +28,18 @@ type Store interface {
 	// Create persists a new session at generation 1 that expires at
 	// s.ExpiresAt().
 	Create(ctx context.Context, s *Session) error
-	// Get returns the session with the given id. The store's own expiry is a
-	// backstop: callers still check Session.Ended.
+	// Get returns the session with the given id as the backend holds it
+	// now. The store's own expiry is a backstop: callers still check
+	// Session.Ended.
 	Get(ctx context.Context, id string) (*Session, error)
+	// Lookup is Get for the request path. It may answer from a copy held in
+	// process, which the store drops the moment the record changes or ends
+	// anywhere, by any path (a write of any replica, an expiry, an edit by
+	// hand), and which it does not use while it cannot learn of such
+	// changes. A copy may lag a change made elsewhere by the time the news
+	// takes to arrive, never more. Decisions that write (the refresh
+	// protocol, ends) read with Get.
+	Lookup(ctx context.Context, id string) (*Session, error)
 	// UpdateTokens is the fenced write of a refresh. In one atomic step it
 	// stores t as generation from+1, only while lease (taken from the
 	// Locker of this store for this session) is still held and the record is
@@ -82,8 +91,56 @@ type Store interface {
 	// ListBySID returns the live sessions opened with an ID token carrying
 	// this sid (the IdP's session), newest first, likewise.
 	ListBySID(ctx context.Context, sid string) ([]*Session, error)
+	// ListRecent returns up to limit live sessions of every subject in
+	// SessionOrder (latest absolute end first), starting after the
+	// position after (the zero SessionPosition: from the start), and the
+	// position to pass for the next page, zero when there is none. Pages
+	// never repeat a session and, taken together, miss none that lived
+	// through the whole walk; a session created during the walk is found
+	// only if its position comes after the page being read. A page may
+	// hold fewer than limit sessions while more follow (sessions met that
+	// had ended are skipped); only a zero next position says the walk is
+	// done. Unreadable records are listed, flagged Session.Unreadable, at
+	// the position their clear absolute expiry gives them. limit is at
+	// least 1; the store may cap how much work one call does.
+	ListRecent(ctx context.Context, after SessionPosition, limit int) (page []*Session, next SessionPosition, err error)
 	// Ping reports whether the store answers.
 	Ping(ctx context.Context) error
+}
+
+// SessionPosition is a place in SessionOrder: the absolute expiry (to the
+// millisecond) and id of a session. The zero value is the start.
+type SessionPosition struct {
+	AbsoluteExpiry time.Time
+	ID             string
+}
+
+// IsZero reports whether p is the start (or, as a next position, the end).
+func (p SessionPosition) IsZero() bool { return p.ID == "" && p.AbsoluteExpiry.IsZero() }
+
+// SessionOrder compares two sessions' positions in the order of listings
+// that span subjects: the latest absolute expiry first, then the greatest
+// id (byte-wise) first. Since the absolute expiry is the creation time plus
+// BROKER_SESSION_MAX_LIFETIME, this is newest first as long as that setting
+// does not change.
+func SessionOrder(a, b SessionPosition) int {
+	am, bm := a.AbsoluteExpiry.UnixMilli(), b.AbsoluteExpiry.UnixMilli()
+	switch {
+	case am > bm:
+		return -1
+	case am < bm:
+		return 1
+	case a.ID > b.ID:
+		return -1
+	case a.ID < b.ID:
+		return 1
+	}
+	return 0
+}
+
+// PositionOf returns the position of s in SessionOrder.
+func PositionOf(s *Session) SessionPosition {
+	return SessionPosition{AbsoluteExpiry: time.UnixMilli(s.AbsoluteExpiry.UnixMilli()).UTC(), ID: s.ID}
 }
 
 // EndRetention is how long a Store keeps an Ending.
@@ -175,6 +232,9 @@ type ReplayGuard interface {
 // AuditEvent is one entry of the audit trail. It never holds a handle or a
 // token.
 type AuditEvent struct {
+	// ID is the event's position in the trail, set by the AuditLog when
+	// it lists events; ignored by Append.
+	ID        string
 	Time      time.Time
 	Actor     string // admin token name, "user", "idp" or "broker"
 	Action    string // one of the Action* constants
@@ -182,6 +242,13 @@ type AuditEvent struct {
 	Subject   string
 	Outcome   string // OutcomeOK or OutcomeError
 	Detail    string
+	// The request that caused the event, when a request did: its client
+	// address (at most MaxIPLen bytes), User-Agent (MaxUserAgentLen) and
+	// request id (MaxRequestIDLen). Empty for the broker's own work, such
+	// as the outbox finishing an end after a crash.
+	ClientIP  string
+	UserAgent string
+	RequestID string
 }
 
 // Audit actions and outcomes of the contract.
@@ -209,4 +276,42 @@ type AuditLog interface {
 	Append(ctx context.Context, e AuditEvent) error
 	// List returns up to limit events, newest first.
 	List(ctx context.Context, limit int) ([]AuditEvent, error)
+	// Search returns up to q.Limit events that match q, newest first (in
+	// the order they were appended), each with its ID, and the ID to pass
+	// as q.Before for the next page, "" when the trail has no more. It
+	// examines a bounded number of events per call: a page may hold fewer
+	// than q.Limit events, even none, while its next ID says that older
+	// events remain to be examined. A q.Before that is not an ID the trail
+	// hands out is ErrBadCursor (wrapped).
+	Search(ctx context.Context, q AuditQuery) (events []AuditEvent, next string, err error)
 }
+
+// AuditQuery selects audit events. Empty fields match every event.
+type AuditQuery struct {
+	Action, Actor, Subject, SessionID string
+	// Since (inclusive) and Until (exclusive) bound the events' Time.
+	Since, Until time.Time
+	// Before is the ID of the last event of the previous page; "" starts
+	// at the newest.
+	Before string
+	// Limit is at least 1.
+	Limit int
+}
+
+// Match reports whether e is one of the events q selects; q.Before and
+// q.Limit aside.
+func (q AuditQuery) Match(e AuditEvent) bool {
+	switch {
+	case q.Action != "" && e.Action != q.Action,
+		q.Actor != "" && e.Actor != q.Actor,
+		q.Subject != "" && e.Subject != q.Subject,
+		q.SessionID != "" && e.SessionID != q.SessionID,
+		!q.Since.IsZero() && e.Time.Before(q.Since),
+		!q.Until.IsZero() && !e.Time.Before(q.Until):
+		return false
+	}
+	return true
+}
+
+// ErrBadCursor: a paging cursor that no listing handed out.
+var ErrBadCursor = &Error{Code: CodeInvalidRequest, Message: "the cursor is not valid"}

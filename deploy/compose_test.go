@@ -607,7 +607,7 @@ func TestDockerfile(t *testing.T) {
 			order = append(order, "copy sources")
 		case in[0] == "RUN" && strings.Contains(in[1], "go build"):
 			order = append(order, "build")
-			for _, want := range []string{"CGO_ENABLED=0", "-trimpath", `-ldflags="-s -w"`, "-o /out/broker ./cmd/broker"} {
+			for _, want := range []string{"CGO_ENABLED=0", "-tags nodev", "-trimpath", `-ldflags="-s -w"`, "-o /out/broker ./cmd/broker"} {
 				if !strings.Contains(in[1], want) {
 					t.Errorf("build command %q lacks %s", in[1], want)
 				}
@@ -640,6 +640,25 @@ func TestDockerfile(t *testing.T) {
 	for _, port := range []string{"8080", "9090"} {
 		if !slices.Contains(exposed, port) {
 			t.Errorf("final stage does not EXPOSE %s", port)
+		}
+	}
+	// The image names its release in the OCI labels, from build args.
+	labels := strings.Join(final.all("LABEL"), " ")
+	args := strings.Join(final.all("ARG"), " ")
+	for _, l := range []string{"version", "revision", "created", "source"} {
+		arg := strings.ToUpper(l)
+		if !strings.Contains(labels, "org.opencontainers.image."+l+`="${`+arg+`}"`) || !strings.Contains(args, arg) {
+			t.Errorf("final stage lacks the label org.opencontainers.image.%s from the build arg %s", l, arg)
+		}
+	}
+	if !strings.Contains(labels, `org.opencontainers.image.licenses="Apache-2.0"`) {
+		t.Error("final stage lacks the label org.opencontainers.image.licenses")
+	}
+	// A base image pinned by digest (scripts/pin-base-images.sh) names a
+	// whole sha256 digest after its tag.
+	for _, s := range stages {
+		if _, digest, ok := strings.Cut(s.from, "@"); ok && !regexp.MustCompile(`^sha256:[0-9a-f]{64}$`).MatchString(digest) {
+			t.Errorf("FROM %s: not a sha256 digest", s.from)
 		}
 	}
 	// A HEALTHCHECK runs a program the image has: there is no shell.

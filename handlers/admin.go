@@ -269,6 +269,8 @@ func adminSessionOf(sess *broker.Session) adminSession {
 
 type adminSessionList struct {
 	Sessions []adminSession `json:"sessions"`
+	// NextCursor is set by the search while more may follow.
+	NextCursor string `json:"next_cursor,omitempty"`
 }
 
 type userRevocationResponse struct {
@@ -277,6 +279,7 @@ type userRevocationResponse struct {
 }
 
 type auditEvent struct {
+	ID        string    `json:"id"`
 	Time      time.Time `json:"time"`
 	Actor     string    `json:"actor"`
 	Action    string    `json:"action"`
@@ -284,10 +287,14 @@ type auditEvent struct {
 	Subject   string    `json:"sub"`
 	Outcome   string    `json:"outcome"`
 	Detail    string    `json:"detail"`
+	IP        string    `json:"ip"`
+	UserAgent string    `json:"user_agent"`
+	RequestID string    `json:"request_id"`
 }
 
 type auditList struct {
-	Events []auditEvent `json:"events"`
+	Events     []auditEvent `json:"events"`
+	NextCursor string       `json:"next_cursor,omitempty"`
 }
 
 // errNoSuchSession is the 404 of an unknown, ended or malformed session id.
@@ -330,7 +337,7 @@ func (s *Server) adminGetSession(c echo.Context) error {
 	if err != nil {
 		return notFoundAsNoSuchSession(err)
 	}
-	c.Set(ctxSessionID, sess.ID)
+	setSessionID(c, sess.ID)
 	noStore(c)
 	return c.JSON(http.StatusOK, adminSessionOf(sess))
 }
@@ -346,7 +353,7 @@ func (s *Server) adminRevokeSession(c echo.Context) error {
 	if err := s.cfg.Service.RevokeSession(c.Request().Context(), id, actor(c)); err != nil {
 		return notFoundAsNoSuchSession(err)
 	}
-	c.Set(ctxSessionID, id)
+	setSessionID(c, id)
 	return c.NoContent(http.StatusNoContent)
 }
 
@@ -365,29 +372,128 @@ func (s *Server) adminRevokeUser(c echo.Context) error {
 	return c.JSON(http.StatusOK, userRevocationResponse{Revoked: res.Revoked, IdPRevocationFailures: res.IdPFailures})
 }
 
-// Bounds of GET /admin/v1/audit?limit=N.
+// Bounds of the admin listings' query parameters.
 const (
-	defaultAuditLimit = 100
-	maxAuditLimit     = 1000
+	// defaultPageLimit and maxPageLimit bound limit= of the audit trail
+	// and the session search.
+	defaultPageLimit = 100
+	maxPageLimit     = 1000
+	// maxQueryValueLen bounds every other filter value. A subject is at
+	// most 255 characters (OpenID Connect Core 1.0 section 2), a session
+	// id or a cursor far less.
+	maxQueryValueLen = 1024
 )
 
-// adminAudit lists the newest audit events first (GET /admin/v1/audit).
-func (s *Server) adminAudit(c echo.Context) error {
-	limit := defaultAuditLimit
-	if raw := c.QueryParam("limit"); raw != "" {
-		n, err := strconv.Atoi(raw)
-		if err != nil || n < 1 || n > maxAuditLimit {
-			return broker.Errorf(broker.CodeInvalidRequest, "limit must be an integer from 1 to %d", maxAuditLimit)
-		}
-		limit = n
+// pageLimit reads limit= (absent or empty: the default).
+func pageLimit(c echo.Context) (int, error) {
+	raw := c.QueryParam("limit")
+	if raw == "" {
+		return defaultPageLimit, nil
 	}
-	events, err := s.cfg.Service.Audit(c.Request().Context(), limit)
+	n, err := strconv.Atoi(raw)
+	if err != nil || n < 1 || n > maxPageLimit {
+		return 0, broker.Errorf(broker.CodeInvalidRequest, "limit must be an integer from 1 to %d", maxPageLimit)
+	}
+	return n, nil
+}
+
+// queryValue reads a filter parameter, bounded.
+func queryValue(c echo.Context, name string) (string, error) {
+	v := c.QueryParam(name)
+	if len(v) > maxQueryValueLen {
+		return "", broker.Errorf(broker.CodeInvalidRequest, "%s is longer than %d bytes", name, maxQueryValueLen)
+	}
+	return v, nil
+}
+
+// queryTime reads an RFC 3339 time parameter; zero when absent.
+func queryTime(c echo.Context, name string) (time.Time, error) {
+	raw, err := queryValue(c, name)
+	if err != nil || raw == "" {
+		return time.Time{}, err
+	}
+	t, err := time.Parse(time.RFC3339Nano, raw)
+	if err != nil {
+		return time.Time{}, broker.Errorf(broker.CodeInvalidRequest, "%s must be an RFC 3339 time, such as 2026-03-01T12:00:00Z", name)
+	}
+	return t, nil
+}
+
+// queryValues reads the named filter parameters into the pointers given.
+func queryValues(c echo.Context, into map[string]*string) error {
+	for name, p := range into {
+		v, err := queryValue(c, name)
+		if err != nil {
+			return err
+		}
+		*p = v
+	}
+	return nil
+}
+
+// badCursor names the parameter of a cursor the broker refused.
+func badCursor(err error) error {
+	if errors.Is(err, broker.ErrBadCursor) {
+		return broker.Errorf(broker.CodeInvalidRequest, "cursor is not one a previous page returned")
+	}
+	return err
+}
+
+// searchSessions searches the live sessions (GET /admin/v1/sessions): by
+// subject (sub=), by session id (session_id=), or all of them, in pages
+// (limit=, cursor=), the newest first.
+func (s *Server) searchSessions(c echo.Context) error {
+	var q broker.SessionQuery
+	if err := queryValues(c, map[string]*string{"sub": &q.Subject, "session_id": &q.SessionID, "cursor": &q.After}); err != nil {
+		return err
+	}
+	limit, err := pageLimit(c)
 	if err != nil {
 		return err
 	}
-	out := auditList{Events: make([]auditEvent, 0, len(events))}
-	for _, e := range events {
+	q.Limit = limit
+	page, err := s.cfg.Service.SearchSessions(c.Request().Context(), q)
+	if err != nil {
+		return badCursor(err)
+	}
+	out := adminSessionList{Sessions: make([]adminSession, 0, len(page.Sessions)), NextCursor: page.Next}
+	for _, sess := range page.Sessions {
+		out.Sessions = append(out.Sessions, adminSessionOf(sess))
+	}
+	noStore(c)
+	return c.JSON(http.StatusOK, out)
+}
+
+// adminAudit lists audit events newest first, filtered and in pages
+// (GET /admin/v1/audit).
+func (s *Server) adminAudit(c echo.Context) error {
+	var q broker.AuditQuery
+	err := queryValues(c, map[string]*string{
+		"action": &q.Action, "actor": &q.Actor, "sub": &q.Subject, "session_id": &q.SessionID, "cursor": &q.Before,
+	})
+	if err != nil {
+		return err
+	}
+	if q.Since, err = queryTime(c, "since"); err != nil {
+		return err
+	}
+	if q.Until, err = queryTime(c, "until"); err != nil {
+		return err
+	}
+	if !q.Since.IsZero() && !q.Until.IsZero() && !q.Since.Before(q.Until) {
+		return broker.Errorf(broker.CodeInvalidRequest, "since must be before until")
+	}
+	if q.Limit, err = pageLimit(c); err != nil {
+		return err
+	}
+	page, err := s.cfg.Service.SearchAudit(c.Request().Context(), q)
+	if err != nil {
+		return badCursor(err)
+	}
+	out := auditList{Events: make([]auditEvent, 0, len(page.Events)), NextCursor: page.Next}
+	for _, e := range page.Events {
 		out.Events = append(out.Events, auditEvent{
+			ID:        e.ID,
 			Time:      e.Time.UTC(),
 			Actor:     e.Actor,
 			Action:    e.Action,
@@ -395,6 +501,9 @@ func (s *Server) adminAudit(c echo.Context) error {
 			Subject:   e.Subject,
 			Outcome:   e.Outcome,
 			Detail:    e.Detail,
+			IP:        e.ClientIP,
+			UserAgent: e.UserAgent,
+			RequestID: e.RequestID,
 		})
 	}
 	noStore(c)

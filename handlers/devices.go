@@ -40,7 +40,7 @@ func (s *Server) listOwnSessions(c echo.Context) error {
 	if err != nil {
 		return err
 	}
-	c.Set(ctxSessionID, current.ID)
+	setSessionID(c, current.ID)
 	out := ownSessionList{Sessions: make([]ownSession, 0, len(all))}
 	for _, sess := range all {
 		out.Sessions = append(out.Sessions, ownSession{

@@ -7,7 +7,6 @@ import (
 	"strconv"
 	"sync"
 	"sync/atomic"
-	"time"
 
 	"github.com/labstack/echo/v4"
 	"github.com/prometheus/client_golang/prometheus"
@@ -204,7 +203,6 @@ func (m *Metrics) handler(log *slog.Logger) echo.HandlerFunc {
 func (m *Metrics) observe(listener string) echo.MiddlewareFunc {
 	return func(next echo.HandlerFunc) echo.HandlerFunc {
 		return func(c echo.Context) error {
-			start := time.Now()
 			if err := next(c); err != nil {
 				c.Error(err)
 			}
@@ -215,7 +213,10 @@ func (m *Metrics) observe(listener string) echo.MiddlewareFunc {
 				status:   c.Response().Status,
 			})
 			s.count.Inc()
-			s.duration.Observe(time.Since(start).Seconds())
+			// The access log, which runs inside, took the duration.
+			if st := stateOf(c.Request().Context()); st != nil {
+				s.duration.Observe(st.elapsed.Seconds())
+			}
 			return nil
 		}
 	}

@@ -114,22 +114,37 @@ func checkTail(escaped string) (string, error) {
 	if escaped == "" {
 		return "", nil
 	}
-	segs := strings.Split(escaped[1:], "/")
-	var b strings.Builder
-	b.Grow(len(escaped))
-	for i, seg := range segs {
-		if seg == "" && i < len(segs)-1 {
+	// Without escapes the decoded tail is the tail itself: nothing is
+	// built.
+	var b *strings.Builder
+	if strings.Contains(escaped, "%") {
+		b = &strings.Builder{}
+		b.Grow(len(escaped))
+	}
+	rest := escaped[1:]
+	for {
+		seg, after, more := strings.Cut(rest, "/")
+		if seg == "" && more {
 			return "", errPathEmptySegment
 		}
 		dec, err := unescapeSegment(seg)
 		if err != nil {
 			return "", err
 		}
-		if err := checkSegment(dec, i == len(segs)-1); err != nil {
+		if err := checkSegment(dec, !more); err != nil {
 			return "", err
 		}
-		b.WriteByte('/')
-		b.WriteString(dec)
+		if b != nil {
+			b.WriteByte('/')
+			b.WriteString(dec)
+		}
+		if !more {
+			break
+		}
+		rest = after
+	}
+	if b == nil {
+		return escaped, nil
 	}
 	return b.String(), nil
 }
@@ -242,14 +257,26 @@ func foldedHasPrefix(pathSegs []string, prefix string) bool {
 // is the contract's invalid_request for a path an upstream could read as
 // another path (see checkTail), or as the path of a longer route when case
 // and trailing dots are ignored.
-func (p *Proxy) resolve(escaped string) (route Route, tail, decoded string, ok bool, err error) {
+//
+// bound, when set, is the route Echo's router chose: it is taken when the
+// canonical path is its own, and every route is matched otherwise (a path
+// that Echo saw in another spelling).
+func (p *Proxy) resolve(escaped string, bound *Route) (route Route, tail, decoded string, ok bool, err error) {
 	canonical, valid := canonicalPath(escaped)
 	if !valid {
 		// net/http refuses such a request line; a caller that builds its
 		// own request gets the same answer as for any bad path.
 		return Route{}, "", "", true, errPathEscape
 	}
-	route, tail, ok = p.Match(canonical)
+	if bound != nil {
+		rest, found := strings.CutPrefix(canonical, bound.Prefix)
+		if found && (rest == "" || rest[0] == '/') {
+			route, tail, ok = *bound, rest, true
+		}
+	}
+	if !ok {
+		route, tail, ok = p.Match(canonical)
+	}
 	if !ok {
 		return Route{}, "", "", false, nil
 	}

@@ -331,15 +331,15 @@ func TestProxyResolveLongerRouteFolded(t *testing.T) {
 		{path: "/api/x/internal", wantPrefix: "/api"},
 	}
 	for _, tt := range tests {
-		r, _, _, ok, err := p.resolve(tt.path)
+		r, _, _, ok, err := p.resolve(tt.path, nil)
 		if !ok || err != tt.wantErr || r.Prefix != tt.wantPrefix {
 			t.Errorf("resolve(%q) = %q, %v, %v; want %q, true, %v", tt.path, r.Prefix, ok, err, tt.wantPrefix, tt.wantErr)
 		}
 	}
-	if _, _, _, ok, _ := p.resolve("/API/x"); ok {
+	if _, _, _, ok, _ := p.resolve("/API/x", nil); ok {
 		t.Errorf("resolve(%q) found a route; prefixes match with their case", "/API/x")
 	}
-	if _, _, _, ok, _ := p.resolve("/ap%69/x"); !ok {
+	if _, _, _, ok, _ := p.resolve("/ap%69/x", nil); !ok {
 		t.Errorf("resolve(%q) found no route; want /api", "/ap%69/x")
 	}
 	if strings.Contains(errPathOtherRoute.Error(), "internal") {

@@ -15,7 +15,7 @@ func (s *Server) healthz(c echo.Context) error {
 
 // readyz: Redis answers and the IdP's discovery document is loaded. An IdP
 // outage after start does not make the broker unready, since sessions with
-// valid tokens keep working.
+// valid tokens keep working. Each check that fails says what is missing.
 func (s *Server) readyz(c echo.Context) error {
 	ctx, cancel := context.WithTimeout(c.Request().Context(), 2*time.Second)
 	defer cancel()
@@ -25,7 +25,7 @@ func (s *Server) readyz(c echo.Context) error {
 		checks["store"], ready = "unavailable", false
 	}
 	if !s.cfg.Service.Ready() {
-		checks["idp_discovery"], ready = "not loaded", false
+		checks["idp_discovery"], ready = "not loaded: "+s.cfg.Service.DiscoveryProblem(), false
 	}
 	code := http.StatusOK
 	if !ready {

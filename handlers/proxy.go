@@ -334,14 +334,33 @@ type target struct {
 	err error
 }
 
+// targetKey carries the target in the context of a request that has no
+// requestState (one served outside the broker's middleware, as in tests).
 type targetKey struct{}
 
-// Handler is the Echo handler of every route prefix.
-func (p *Proxy) Handler(c echo.Context) error {
+// targetOf returns the target of a proxied request.
+func targetOf(ctx context.Context) *target {
+	if st := stateOf(ctx); st != nil && st.target != nil {
+		return st.target
+	}
+	t, _ := ctx.Value(targetKey{}).(*target)
+	return t
+}
+
+// Handler is the Echo handler of a path that any route may match.
+func (p *Proxy) Handler(c echo.Context) error { return p.serve(c, nil) }
+
+// handlerFor is the Echo handler registered for route's own paths: Echo's
+// router has already chosen the route, so the proxy does not match again.
+func (p *Proxy) handlerFor(route Route) echo.HandlerFunc {
+	return func(c echo.Context) error { return p.serve(c, &route) }
+}
+
+func (p *Proxy) serve(c echo.Context, bound *Route) error {
 	r, w := c.Request(), c.Response()
 	// The path is checked before the handle so that a hostile path costs no
 	// store lookup and no token refresh.
-	route, tail, decoded, ok, err := p.resolve(r.URL.EscapedPath())
+	route, tail, decoded, ok, err := p.resolve(r.URL.EscapedPath(), bound)
 	if !ok {
 		return broker.Errorf(broker.CodeNotFound, "no route for this path")
 	}
@@ -359,7 +378,6 @@ func (p *Proxy) Handler(c echo.Context) error {
 		}
 		return err
 	}
-	c.Set(ctxSessionID, sessionID)
 	path, rawPath := joinPath(route.Upstream, decoded, tail)
 	t := &target{
 		route:       route,
@@ -368,7 +386,15 @@ func (p *Proxy) Handler(c echo.Context) error {
 		sessionID:   sessionID,
 		accessToken: token,
 	}
-	ctx := context.WithValue(r.Context(), targetKey{}, t)
+	// The target rides in the request's state, which its context already
+	// holds: no further copy of the request is needed to hand it to
+	// rewrite, unless a span must be added.
+	ctx := r.Context()
+	if st := stateOf(ctx); st != nil {
+		st.sessionID, st.target = sessionID, t
+	} else {
+		ctx = context.WithValue(ctx, targetKey{}, t)
+	}
 	if p.tracer != nil {
 		var span trace.Span
 		ctx, span = p.tracer.Start(ctx, "proxy "+route.Prefix,
@@ -385,8 +411,11 @@ func (p *Proxy) Handler(c echo.Context) error {
 			span.End()
 		}()
 	}
+	if ctx != r.Context() {
+		r = r.WithContext(ctx)
+	}
 	if route.WebSocket != nil && isWebSocketUpgrade(r) {
-		p.serveTunnel(w, r.WithContext(ctx), t)
+		p.serveTunnel(w, r, t)
 		if _, opened := t.tunnel.opened(); opened {
 			// The client's connection was handed over to the tunnel: the
 			// access log and metrics count a 101 that lasted until the
@@ -396,7 +425,7 @@ func (p *Proxy) Handler(c echo.Context) error {
 		}
 		return t.err
 	}
-	p.rp.ServeHTTP(w, r.WithContext(ctx))
+	p.rp.ServeHTTP(w, r)
 	return t.err
 }
 
@@ -420,7 +449,7 @@ func joinPath(base *url.URL, tail, escapedTail string) (path, rawPath string) {
 // included (RFC 9110 section 7.6.1), as well as Forwarded (RFC 7239) and
 // X-Forwarded-*; setForwarded sets the latter again.
 func (p *Proxy) rewrite(pr *httputil.ProxyRequest) {
-	t := pr.In.Context().Value(targetKey{}).(*target)
+	t := targetOf(pr.In.Context())
 	// ReverseProxy puts Upgrade and "Connection: Upgrade" back to tunnel
 	// any protocol the client asks for; on a 101 the client would be
 	// spliced to the upstream, past every check of the broker (with h2c, on
@@ -477,7 +506,7 @@ func (p *Proxy) upstreamError(w http.ResponseWriter, r *http.Request, err error)
 		// The app went away; there is no one to answer.
 		return
 	}
-	t, _ := r.Context().Value(targetKey{}).(*target)
+	t := targetOf(r.Context())
 	var prefix, sessionID string
 	if t != nil {
 		prefix, sessionID = t.route.Prefix, t.sessionID

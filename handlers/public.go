@@ -98,7 +98,7 @@ func (s *Server) createSession(c echo.Context) error {
 	if err != nil {
 		return err
 	}
-	c.Set(ctxSessionID, ns.Session.ID)
+	setSessionID(c, ns.Session.ID)
 	noStore(c)
 	tokenType := "Bearer"
 	if ns.Session.JKT != "" {
@@ -167,7 +167,7 @@ func (s *Server) authenticate(c echo.Context) (*broker.Session, error) {
 	if err != nil {
 		return nil, err
 	}
-	c.Set(ctxSessionID, sess.ID)
+	setSessionID(c, sess.ID)
 	return sess, nil
 }
 

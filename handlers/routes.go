@@ -20,8 +20,9 @@ func (s *Server) routes() {
 	s.cfg.Proxy.useMetrics(s.metrics)
 	// Proxied bodies stream at a minimum rate rather than a total time.
 	for _, r := range s.cfg.Proxy.Routes() {
-		pub.Any(r.Prefix, s.cfg.Proxy.Handler, streamBody, s.limitInvalidHandles)
-		pub.Any(r.Prefix+"/*", s.cfg.Proxy.Handler, streamBody, s.limitInvalidHandles)
+		h := s.cfg.Proxy.handlerFor(r)
+		pub.Any(r.Prefix, h, streamBody, s.limitInvalidHandles)
+		pub.Any(r.Prefix+"/*", h, streamBody, s.limitInvalidHandles)
 	}
 
 	adm := s.Admin
@@ -37,6 +38,7 @@ func (s *Server) routes() {
 	av1 := adm.Group("/admin/v1", s.requireAdmin)
 	av1.GET("/users/:sub/sessions", s.userSessions)
 	av1.DELETE("/users/:sub/sessions", s.adminRevokeUser)
+	av1.GET("/sessions", s.searchSessions)
 	av1.GET("/sessions/:id", s.adminGetSession)
 	av1.DELETE("/sessions/:id", s.adminRevokeSession)
 	av1.GET("/audit", s.adminAudit)

@@ -98,7 +98,7 @@ func New(cfg Config) (*Server, error) {
 // request id, so that every later log line and span carries it; and the
 // access log last, so that the status it reads is final.
 func (s *Server) middleware(listener string) []echo.MiddlewareFunc {
-	mw := []echo.MiddlewareFunc{s.bodyDeadline, requestID}
+	mw := []echo.MiddlewareFunc{s.bodyDeadline, s.requestID}
 	if tp := s.cfg.TracerProvider; tp != nil {
 		mw = append(mw, tracing(tp.Tracer(instrumentationName), listener))
 	}
@@ -153,23 +153,29 @@ func errorRenderer(log *slog.Logger, rendered func(broker.Code)) echo.HTTPErrorH
 // carry credentials.
 func (s *Server) accessLog(next echo.HandlerFunc) echo.HandlerFunc {
 	return func(c echo.Context) error {
-		start := time.Now()
 		err := next(c)
 		if err != nil {
 			c.Error(err)
 		}
 		r := c.Request()
-		attrs := []any{
-			"method", methodLabel(r.Method),
-			"path", loggedPath(r.URL.Path),
-			"status", c.Response().Status,
-			"duration_ms", float64(time.Since(start).Microseconds()) / 1000,
-			"bytes_out", c.Response().Size,
+		st := stateOf(r.Context())
+		if st == nil {
+			// Outside requestID, which every listener runs first.
+			st = &requestState{start: time.Now()}
 		}
-		if id, ok := c.Get(ctxSessionID).(string); ok && id != "" {
-			attrs = append(attrs, "session_id", id)
+		st.elapsed = time.Since(st.start)
+		var buf [6]slog.Attr
+		attrs := append(buf[:0],
+			slog.String("method", methodLabel(r.Method)),
+			slog.String("path", loggedPath(r.URL.Path)),
+			slog.Int("status", c.Response().Status),
+			slog.Float64("duration_ms", float64(st.elapsed.Microseconds())/1000),
+			slog.Int64("bytes_out", c.Response().Size),
+		)
+		if st.sessionID != "" {
+			attrs = append(attrs, slog.String("session_id", st.sessionID))
 		}
-		s.log.InfoContext(r.Context(), "request", attrs...)
+		s.log.LogAttrs(r.Context(), slog.LevelInfo, "request", attrs...)
 		return nil
 	}
 }
@@ -188,7 +194,3 @@ func loggedPath(p string) string {
 	}
 	return p[:maxLoggedPath] + "...(cut)"
 }
-
-// ctxSessionID is the Echo context key under which handlers leave the session
-// id of the request, for the access log.
-const ctxSessionID = "session_id"

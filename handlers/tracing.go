@@ -54,7 +54,7 @@ func tracing(tracer trace.Tracer, listener string) echo.MiddlewareFunc {
 			if code >= http.StatusInternalServerError {
 				span.SetStatus(codes.Error, strconv.Itoa(code))
 			}
-			if id, ok := c.Get(ctxSessionID).(string); ok && id != "" {
+			if id := sessionIDOf(c); id != "" {
 				span.SetAttributes(attribute.String("broker.session_id", id))
 			}
 			return nil

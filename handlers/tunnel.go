@@ -241,7 +241,7 @@ func (p *Proxy) checkResponse(res *http.Response) error {
 	if res.StatusCode != http.StatusSwitchingProtocols {
 		return nil
 	}
-	t, _ := res.Request.Context().Value(targetKey{}).(*target)
+	t := targetOf(res.Request.Context())
 	if t == nil || t.tunnel == nil {
 		return errUnaskedUpgrade
 	}

@@ -1,8 +1,8 @@
 // Package migrations versions the broker's Redis key layout. Each Step moves
 // a store from the version before it to its own; the version a store is at is
-// recorded as an integer at VersionKey. A broker serves only a store at the
-// version it was built for (Check), and `broker migrate` brings an older
-// store up to it (Apply).
+// recorded as an integer at VersionKey. A broker serves a store at the
+// version it was built for or the one before (Check), so that `broker
+// migrate` (Apply) can bring the store up to it while the brokers serve.
 package migrations
 
 import (
@@ -10,6 +10,7 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
+	"time"
 
 	"github.com/redis/go-redis/v9"
 )
@@ -49,7 +50,18 @@ type Options struct {
 	// fails on the first version 1 record it meets; a store that has none
 	// (a new one) migrates all the same.
 	Records Records
+	// Settle is how long Apply waits, after recording the version of a
+	// step that converts records, before running the step once more: a
+	// broker that read the version before it was recorded may still write
+	// a record in the old layout, and the second run converts it. Zero
+	// runs each step once, for a store no broker serves.
+	Settle time.Duration
 }
+
+// Settle is the Options.Settle of `broker migrate`: longer than a broker's
+// login takes from reading the schema version to writing the record, with
+// the store's timeouts and one retry.
+const Settle = 5 * time.Second
 
 // Result says what Apply did.
 type Result struct {
@@ -150,6 +162,14 @@ func Latest() int {
 	return steps[len(steps)-1].Version
 }
 
+// Oldest is the oldest schema version this broker serves: the one before
+// Latest, whose session records it reads and writes too (package sessions
+// keeps both layouts). Brokers of this version can thus be rolled out on a
+// store of the previous one and serve while `broker migrate` runs.
+func Oldest() int {
+	return Latest() - 1
+}
+
 // Errors of Check and Apply, for errors.Is.
 var (
 	ErrStoreOlder = errors.New("store schema is older than this broker")
@@ -173,9 +193,9 @@ func Current(ctx context.Context, c redis.UniversalClient) (int, error) {
 	return v, nil
 }
 
-// Check reports whether the store is at the schema version this broker
-// knows: nil if so, an error wrapping ErrStoreOlder or ErrStoreNewer that
-// tells the operator what to do otherwise.
+// Check reports whether this broker can serve the store: nil for a store
+// at a version from Oldest to Latest, an error wrapping ErrStoreOlder or
+// ErrStoreNewer that tells the operator what to do otherwise.
 func Check(ctx context.Context, c redis.UniversalClient) error {
 	v, err := Current(ctx, c)
 	if err != nil {
@@ -186,8 +206,8 @@ func Check(ctx context.Context, c redis.UniversalClient) error {
 
 func compare(v int) error {
 	switch latest := Latest(); {
-	case v < latest:
-		return fmt.Errorf("%w: store schema version %d is older than %d: run `broker migrate`", ErrStoreOlder, v, latest)
+	case v < Oldest():
+		return fmt.Errorf("%w: store schema version %d is older than %d, the oldest this broker serves: run `broker migrate` (brokers of this version serve a store from version %d on)", ErrStoreOlder, v, Oldest(), Oldest())
 	case v > latest:
 		return fmt.Errorf("%w: store schema version %d is newer than this broker knows (%d): upgrade the broker", ErrStoreNewer, v, latest)
 	}
@@ -219,6 +239,22 @@ func Apply(ctx context.Context, c redis.UniversalClient, opts Options) (Result, 
 			return res, fmt.Errorf("record schema version %d: %w", step.Version, err)
 		}
 		res.To = step.Version
+		if step.NeedsRecords && opts.Settle > 0 {
+			select {
+			case <-ctx.Done():
+				return res, ctx.Err()
+			case <-time.After(opts.Settle):
+			}
+			// The second run meets again the records the first could not
+			// open: its count of them is the one that stands.
+			var again Result
+			err := step.Up(ctx, c, opts, &again)
+			res.Upgraded += again.Upgraded
+			res.Unreadable, res.UnreadableIDs = again.Unreadable, again.UnreadableIDs
+			if err != nil {
+				return res, fmt.Errorf("migration %d (%s), second run: %w", step.Version, step.Name, err)
+			}
+		}
 	}
 	return res, nil
 }

@@ -106,3 +106,34 @@ func TestCorruptVersion(t *testing.T) {
 		}
 	}
 }
+
+// TestCheckServesOneBehind: a broker serves a store at its schema version
+// or the one before, and refuses one two behind or ahead, saying what to
+// do.
+func TestCheckServesOneBehind(t *testing.T) {
+	ctx := context.Background()
+	c := redistest.Start(t).Client(t)
+	for v := 0; v <= Latest()+1; v++ {
+		if err := c.Set(ctx, VersionKey, v, 0).Err(); err != nil {
+			t.Fatal(err)
+		}
+		err := Check(ctx, c)
+		switch {
+		case v == Latest() || v == Latest()-1:
+			if err != nil {
+				t.Errorf("Check at version %d (this broker's: %d) = %v, want nil", v, Latest(), err)
+			}
+		case v < Latest():
+			if !errors.Is(err, ErrStoreOlder) || !strings.Contains(err.Error(), "run `broker migrate`") {
+				t.Errorf("Check at version %d = %v, want ErrStoreOlder telling to run broker migrate", v, err)
+			}
+		default:
+			if !errors.Is(err, ErrStoreNewer) || !strings.Contains(err.Error(), "upgrade the broker") {
+				t.Errorf("Check at version %d = %v, want ErrStoreNewer", v, err)
+			}
+		}
+	}
+	if Oldest() != Latest()-1 {
+		t.Errorf("Oldest() = %d, want %d", Oldest(), Latest()-1)
+	}
+}

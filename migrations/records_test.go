@@ -178,3 +178,24 @@ func testBindFields(t *testing.T, c redis.UniversalClient) {
 		t.Errorf("Apply once done = %+v, %v; want nothing to do", res, err)
 	}
 }
+
+// The session store writes the previous layout on a store whose version it
+// reads at the key this package records, until the step converting the
+// records.
+func TestSessionsKnowTheSchema(t *testing.T) {
+	if sessions.SchemaVersionKey != VersionKey {
+		t.Errorf("sessions.SchemaVersionKey = %q, want %q", sessions.SchemaVersionKey, VersionKey)
+	}
+	var converts []int
+	for _, s := range Steps() {
+		if s.NeedsRecords {
+			converts = append(converts, s.Version)
+		}
+	}
+	if len(converts) == 0 || converts[len(converts)-1] != sessions.SchemaRecordsV2 {
+		t.Errorf("steps converting records %v; sessions.SchemaRecordsV2 = %d, want the last of them", converts, sessions.SchemaRecordsV2)
+	}
+	if sessions.SchemaRecordsV2 < Oldest() {
+		t.Errorf("sessions.SchemaRecordsV2 = %d is below Oldest() = %d: the old layout would be written where no broker serves", sessions.SchemaRecordsV2, Oldest())
+	}
+}

@@ -62,6 +62,7 @@ func (s *Store) End(ctx context.Context, id string, why broker.EndReason) (*brok
 		token, strconv.FormatUint(why.IfGeneration, 10),
 		why.Actor, why.Action, why.Reason, why.Detail, revoke, now.UnixMilli(),
 		broker.EndRetention.Milliseconds()).Slice()
+	s.forget(id)
 	if err != nil {
 		return nil, storeError(ctx, "end session "+id, err)
 	}

@@ -103,7 +103,7 @@ func testFencedWriteRepeat(t *testing.T, st *Store) {
 	}
 	keys := []string{sessionKey(s.ID), lockKey(s.ID)}
 	for i := range 2 {
-		n, err := updateTokensScript.Run(ctx, st.client, keys, "2", "3", l.(*lease).token, blob).Int()
+		n, err := updateTokensScript.Run(ctx, st.client, keys, "2", "3", l.(*lease).token, blob, recordVersion).Int()
 		if err != nil || n != 1 {
 			t.Errorf("update tokens script run %d = %d, %v; want 1 (written)", i+1, n, err)
 		}
@@ -114,7 +114,7 @@ func testFencedWriteRepeat(t *testing.T, st *Store) {
 		}
 	}
 	assertTokens(t, st, s.ID, 3, third)
-	n, err := updateTokensScript.Run(ctx, st.client, keys, "2", "3", l.(*lease).token, "ANOTHER BLOB").Int()
+	n, err := updateTokensScript.Run(ctx, st.client, keys, "2", "3", l.(*lease).token, "ANOTHER BLOB", recordVersion).Int()
 	if err != nil || n != 2 {
 		t.Errorf("update tokens script from generation 2 with another blob at 3 = %d, %v; want 2 (moved)", n, err)
 	}

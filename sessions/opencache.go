@@ -2,7 +2,10 @@ package sessions
 
 import (
 	"bytes"
+	"crypto/sha1"
+	"encoding/hex"
 	"sync"
+	"time"
 )
 
 // openCacheSize bounds the opened values kept per process: the claims and
@@ -31,6 +34,13 @@ type openEntry struct {
 	blob  string
 	aad   []byte
 	value any
+	// sum is the SHA-1 of blob in hex, as Lua's redis.sha1hex gives it:
+	// how a read asks Redis to leave out a blob this process already has
+	// (see getScript). SHA-1 only names the bytes here; what they are
+	// worth is still decided by opening them under their additional data.
+	sum string
+	// used is when the entry was last put or hit, for sweep.
+	used time.Time
 }
 
 func newOpenCache() *openCache {
@@ -40,10 +50,13 @@ func newOpenCache() *openCache {
 func (c *openCache) get(id, field, blob string, aad []byte) (any, bool) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	e, ok := c.entries[openKey{id, field}]
+	k := openKey{id, field}
+	e, ok := c.entries[k]
 	if !ok || e.blob != blob || !bytes.Equal(e.aad, aad) {
 		return nil, false
 	}
+	e.used = time.Now()
+	c.entries[k] = e
 	return e.value, true
 }
 
@@ -59,7 +72,30 @@ func (c *openCache) put(id, field, blob string, aad []byte, value any) {
 			break
 		}
 	}
-	c.entries[k] = openEntry{blob: blob, aad: bytes.Clone(aad), value: value}
+	sum := sha1.Sum([]byte(blob))
+	c.entries[k] = openEntry{blob: blob, aad: bytes.Clone(aad), value: value, sum: hex.EncodeToString(sum[:]), used: time.Now()}
+}
+
+// sweep forgets what was not used for idle, so that the plaintext of
+// sessions no longer in use leaves memory.
+func (c *openCache) sweep(idle time.Duration) {
+	cutoff := time.Now().Add(-idle)
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for k, e := range c.entries {
+		if e.used.Before(cutoff) {
+			delete(c.entries, k)
+		}
+	}
+}
+
+// known returns the blob of a field of id last opened, and its SHA-1; ok
+// false when there is none.
+func (c *openCache) known(id, field string) (blob, sum string, ok bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	e, ok := c.entries[openKey{id, field}]
+	return e.blob, e.sum, ok
 }
 
 // drop forgets what was opened of a session that ended.

@@ -48,8 +48,9 @@ const (
 	fieldTok    = "tok"    // sealed tokens, JSON; rewritten by every refresh
 	fieldLU     = "lu"     // sealed last use, Unix ms
 
-	// recordVersion is the layout of the hash above. A record of another
-	// version is unreadable rather than misread.
+	// recordVersion is the layout of the hash above. A record of version 1
+	// is read too (upgrade.go); one of another version is unreadable rather
+	// than misread.
 	recordVersion = "2"
 )
 
@@ -252,6 +253,9 @@ func parseRecord(h map[string]string) (binding, uint64, error) {
 // Without sealed, the claims and tokens are neither opened nor required:
 // an Ending whose work is done has forgotten them.
 func (s *Store) openRecord(id string, h map[string]string, sealed bool) (*broker.Session, error) {
+	if h[fieldVersion] == recordVersion1 {
+		return s.openVersion1(id, h, sealed)
+	}
 	b, gen, err := parseRecord(h)
 	if err != nil {
 		return nil, err

@@ -171,17 +171,27 @@ func (s *Store) resealArgs(id string, h map[string]string) ([]any, error) {
 	if _, err := s.decode(id, h, true); err != nil {
 		return nil, err
 	}
-	b, gen, _ := parseRecord(h)
-	expect := []any{fieldGen, h[fieldGen]}
-	var set []any
-	for _, f := range []struct {
+	type sealedField struct {
 		name string
 		aad  []byte
-	}{
-		{fieldClaims, claimsAAD(id, b)},
-		{fieldTok, tokAAD(id, b, gen)},
-		{fieldLU, luAAD(id)},
-	} {
+	}
+	var fields []sealedField
+	var expect []any
+	if h[fieldVersion] == recordVersion1 {
+		// A record of version 1 (upgrade.go) has one sealed field.
+		expect = []any{fieldVersion, recordVersion1}
+		fields = []sealedField{{fieldTok, v1TokAAD(id)}}
+	} else {
+		b, gen, _ := parseRecord(h)
+		expect = []any{fieldGen, h[fieldGen]}
+		fields = []sealedField{
+			{fieldClaims, claimsAAD(id, b)},
+			{fieldTok, tokAAD(id, b, gen)},
+			{fieldLU, luAAD(id)},
+		}
+	}
+	var set []any
+	for _, f := range fields {
 		blob := []byte(h[f.name])
 		if s.keys.sealedWithPrimary(blob) {
 			continue

@@ -12,6 +12,23 @@ import "github.com/redis/go-redis/v9"
 // takes a value unique to the call (a token, a sealed blob, an event id) and
 // recognises it when it finds it already written.
 var (
+	// getScript reads a session as HGETALL does, but answers "=" in place
+	// of the tok field when its SHA-1 is ARGV[1] and of the claims field
+	// when its SHA-1 is ARGV[2]: blobs the reader opened before, whose
+	// bytes it still has (a sealed blob is never one byte long). The
+	// reader then opens those bytes under the additional data the record's
+	// clear fields give now, so that an edit of the record still fails to
+	// open. It only reads, and runs as EVALSHA_RO.
+	getScript = redis.NewScript(`
+local h = redis.call('HGETALL', KEYS[1])
+for i = 1, #h, 2 do
+  if (h[i] == 'tok' and redis.sha1hex(h[i+1]) == ARGV[1]) or (h[i] == 'claims' and redis.sha1hex(h[i+1]) == ARGV[2]) then
+    h[i+1] = '='
+  end
+end
+return h
+`)
+
 	// touchScript records a use at ARGV[1] (Unix ms), sealed as ARGV[3],
 	// and moves the expiry to ARGV[2] (Unix ms), but only when the use is
 	// newer than the one recorded, and never brings back a session that
@@ -33,10 +50,14 @@ return 1
 	// write, fenced by the generation alone). HSET keeps the key's expiry.
 	// It answers 1 when written (or when it finds its own write: the
 	// generation after and the very same blob), 0 when the session is gone,
-	// 2 when the generation moved, 3 when the lease was lost.
+	// 2 when the generation moved, 3 when the lease was lost, 4 when the
+	// record is no longer at the record version ARGV[5] the tokens were
+	// sealed for (a migration converted it). A version 1 record without
+	// gen is at generation 1.
 	updateTokensScript = redis.NewScript(`
 if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
-local gen = redis.call('HGET', KEYS[1], 'gen')
+if redis.call('HGET', KEYS[1], 'v') ~= ARGV[5] then return 4 end
+local gen = redis.call('HGET', KEYS[1], 'gen') or '1'
 if gen ~= ARGV[1] then
   if gen == ARGV[2] and redis.call('HGET', KEYS[1], 'tok') == ARGV[4] then return 1 end
   return 2

@@ -11,6 +11,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"log/slog"
 	"math"
 	"slices"
 	"strconv"
@@ -32,6 +33,13 @@ type Options struct {
 	// the stream in whole nodes, so a few more may stay); DefaultAuditMaxLen
 	// when zero.
 	AuditMaxLen int64
+	// Cache, when set, keeps opened sessions in process for Lookup, kept
+	// coherent by Redis's invalidations (see tracking.go); Close stops it.
+	// Nil means Lookup reads Redis every time.
+	Cache *CacheOptions
+	// Logger receives the cache's changes of state; slog.Default() when
+	// nil.
+	Logger *slog.Logger
 }
 
 // Store is the Redis implementation of the broker's session store, refresh
@@ -42,6 +50,8 @@ type Store struct {
 	now         func() time.Time
 	auditMaxLen int64
 	opened      *openCache
+	cache       *sessionCache // nil without Options.Cache
+	tracker     *tracker
 }
 
 var (
@@ -65,10 +75,38 @@ func New(client redis.UniversalClient, keys *Keyring, opts Options) *Store {
 	if s.auditMaxLen <= 0 {
 		s.auditMaxLen = DefaultAuditMaxLen
 	}
+	if opts.Cache != nil && !opts.Cache.Disabled {
+		log := opts.Logger
+		if log == nil {
+			log = slog.Default()
+		}
+		s.cache = newSessionCache(*opts.Cache)
+		s.tracker = startTracker(client, s.cache, s.opened, log)
+	}
 	return s
 }
 
-// Create stores a new session at generation 1, then adds it to the
+// Close stops the session cache's invalidation channels. The Store keeps
+// working without the cache; the Redis client is the caller's to close,
+// after Close.
+func (s *Store) Close() {
+	if s.tracker != nil {
+		s.tracker.close()
+	}
+}
+
+// CacheStats returns the session cache's figures; the zero value without
+// a cache.
+func (s *Store) CacheStats() CacheStats {
+	if s.cache == nil {
+		return CacheStats{}
+	}
+	return s.cache.stats()
+}
+
+// Create stores a new session at generation 1, at record version 1 on a
+// store one schema version behind (see writesVersion1) unless it is
+// DPoP-bound, then adds it to the
 // subject's index, the expiry index and, if it has one, the sid's. The index
 // entries come second: a session missing from an index could escape a
 // revocation, while an index entry without a session is merely pruned later.
@@ -79,41 +117,69 @@ func (s *Store) Create(ctx context.Context, sess *broker.Session) error {
 	if !broker.ValidSessionID(sess.ID) {
 		return errors.New("create session: invalid session id")
 	}
+	v1, err := s.writesVersion1(ctx)
+	if err != nil {
+		return fmt.Errorf("create session: %w", err)
+	}
+	if v1 && sess.JKT == "" {
+		// A version 1 record cannot bind a DPoP key: a bound session is
+		// written at the current version, which brokers without DPoP
+		// cannot open, so that its handle never works there as a bearer
+		// credential.
+		return s.create(ctx, sess, s.version1Fields)
+	}
+	return s.create(ctx, sess, s.recordFields)
+}
+
+// recordFields returns the fields of sess as a record of the current
+// version, at generation 1.
+func (s *Store) recordFields(sess *broker.Session) ([]any, error) {
 	b := bindingOf(sess)
 	claims, err := s.sealClaims(sess.ID, b, sess.Claims)
 	if err != nil {
-		return fmt.Errorf("create session: %w", err)
+		return nil, err
 	}
 	tok, err := s.sealTokens(sess.ID, b, 1, sess.Tokens)
 	if err != nil {
-		return fmt.Errorf("create session: %w", err)
+		return nil, err
 	}
 	lu, err := s.sealLastUse(sess.ID, sess.LastUsedAt)
+	if err != nil {
+		return nil, err
+	}
+	fields := []any{
+		fieldVersion, recordVersion,
+		fieldGen, 1,
+		fieldSecretHash, hex.EncodeToString(sess.SecretHash),
+		fieldSub, sess.Subject,
+		fieldSID, sess.SID,
+		fieldClientID, sess.ClientID,
+		fieldCreatedAt, b.createdAt,
+		fieldAbsExp, b.absExp,
+		fieldIdle, b.idle,
+		fieldLastUsedAt, sess.LastUsedAt.UnixMilli(),
+		fieldIP, sess.IP,
+		fieldUA, sess.UserAgent,
+		fieldClaims, claims,
+		fieldTok, tok,
+		fieldLU, lu,
+	}
+	if sess.JKT != "" {
+		fields = append(fields, fieldJKT, sess.JKT)
+	}
+	return fields, nil
+}
+
+// create writes the record that fields returns, then indexes it (see
+// Create).
+func (s *Store) create(ctx context.Context, sess *broker.Session, fields func(*broker.Session) ([]any, error)) error {
+	values, err := fields(sess)
 	if err != nil {
 		return fmt.Errorf("create session: %w", err)
 	}
 	key := sessionKey(sess.ID)
 	_, err = s.client.TxPipelined(ctx, func(pipe redis.Pipeliner) error {
-		if sess.JKT != "" {
-			pipe.HSet(ctx, key, fieldJKT, sess.JKT)
-		}
-		pipe.HSet(ctx, key,
-			fieldVersion, recordVersion,
-			fieldGen, 1,
-			fieldSecretHash, hex.EncodeToString(sess.SecretHash),
-			fieldSub, sess.Subject,
-			fieldSID, sess.SID,
-			fieldClientID, sess.ClientID,
-			fieldCreatedAt, b.createdAt,
-			fieldAbsExp, b.absExp,
-			fieldIdle, b.idle,
-			fieldLastUsedAt, sess.LastUsedAt.UnixMilli(),
-			fieldIP, sess.IP,
-			fieldUA, sess.UserAgent,
-			fieldClaims, claims,
-			fieldTok, tok,
-			fieldLU, lu,
-		)
+		pipe.HSet(ctx, key, values...)
 		pipe.PExpireAt(ctx, key, sess.ExpiresAt())
 		return nil
 	})
@@ -142,7 +208,7 @@ func (s *Store) Get(ctx context.Context, id string) (*broker.Session, error) {
 	if !broker.ValidSessionID(id) {
 		return nil, fmt.Errorf("get session: %w", broker.ErrNotFound)
 	}
-	h, err := s.client.HGetAll(ctx, sessionKey(id)).Result()
+	h, err := s.read(ctx, id)
 	if err != nil {
 		return nil, storeError(ctx, "get session "+id, err)
 	}
@@ -154,6 +220,66 @@ func (s *Store) Get(ctx context.Context, id string) (*broker.Session, error) {
 		return nil, fmt.Errorf("get session: %w", err)
 	}
 	return sess, nil
+}
+
+// read returns a session's fields. When this process opened the session's
+// tokens or claims before, Redis leaves out the blobs that did not change
+// (see getScript): a re-read after a touch, or while the session cache is
+// off, moves the small fields only, not the 2-3 KB of sealed tokens.
+func (s *Store) read(ctx context.Context, id string) (map[string]string, error) {
+	key := sessionKey(id)
+	tokBlob, tokSum, haveTok := s.opened.known(id, fieldTok)
+	claimsBlob, claimsSum, haveClaims := s.opened.known(id, fieldClaims)
+	if !haveTok && !haveClaims {
+		return s.client.HGetAll(ctx, key).Result()
+	}
+	flat, err := getScript.RunRO(ctx, s.client, []string{key}, tokSum, claimsSum).StringSlice()
+	if err != nil {
+		return nil, err
+	}
+	h := make(map[string]string, len(flat)/2)
+	for i := 0; i+1 < len(flat); i += 2 {
+		h[flat[i]] = flat[i+1]
+	}
+	if h[fieldTok] == "=" {
+		h[fieldTok] = tokBlob
+	}
+	if h[fieldClaims] == "=" {
+		h[fieldClaims] = claimsBlob
+	}
+	return h, nil
+}
+
+// Lookup is Get for the request path: a warm session is answered from the
+// in-process cache without a round trip, while the cache's invalidation
+// channel is up; otherwise it reads Redis as Get does, and keeps what it
+// read. Errors are never cached.
+func (s *Store) Lookup(ctx context.Context, id string) (*broker.Session, error) {
+	if s.cache == nil {
+		return s.Get(ctx, id)
+	}
+	if sess, ok := s.cache.get(id); ok {
+		return sess, nil
+	}
+	t, fill := s.cache.take(id)
+	sess, err := s.Get(ctx, id)
+	switch {
+	case !fill:
+	case err != nil:
+		s.cache.release(t)
+	default:
+		kept := *sess
+		s.cache.fill(t, &kept, s.now())
+	}
+	return sess, err
+}
+
+// forget drops a session this process just changed from its cache: the
+// invalidation Redis sends for the change does the same, moments later.
+func (s *Store) forget(id string) {
+	if s.cache != nil {
+		s.cache.invalidate(id)
+	}
 }
 
 // UpdateTokens stores t as generation from+1, fenced by the lease and the
@@ -195,47 +321,82 @@ func (s *Store) UpdateTokens(ctx context.Context, id string, l broker.Lease, fro
 	case from == 0 || from == math.MaxUint64:
 		return fmt.Errorf("update tokens of session %s: generation %d is out of range", id, from)
 	}
+	// A record a migration converts between the read and the write is
+	// read again, once per conversion it can meet.
+	for attempt := 0; ; attempt++ {
+		res, err := s.updateTokens(ctx, id, held, from, t)
+		if err != nil || res != 4 || attempt == 2 {
+			if res == 4 {
+				return fmt.Errorf("update tokens of session %s: its record version kept changing", id)
+			}
+			return err
+		}
+	}
+}
+
+// updateTokens is one attempt of UpdateTokens, in the layout the record
+// is in. It returns 4 when the record's version changed before the write.
+func (s *Store) updateTokens(ctx context.Context, id string, held *lease, from uint64, t broker.Tokens) (int, error) {
 	key := sessionKey(id)
 	h, err := s.client.HGetAll(ctx, key).Result()
 	if err != nil {
-		return storeError(ctx, "update tokens of session "+id, err)
+		return 0, storeError(ctx, "update tokens of session "+id, err)
 	}
 	if len(h) == 0 {
-		return fmt.Errorf("update tokens of session %s: %w", id, broker.ErrNotFound)
+		return 0, fmt.Errorf("update tokens of session %s: %w", id, broker.ErrNotFound)
 	}
-	b, gen, err := parseRecord(h)
-	if err == nil {
-		_, err = s.openClaims(id, h[fieldClaims], claimsAAD(id, b))
+	var gen uint64
+	var cur func() (broker.Tokens, error)
+	var seal func() ([]byte, error)
+	version := h[fieldVersion]
+	if version == recordVersion1 {
+		// Opening tok authenticates it; the clear fields of version 1 are
+		// not bound.
+		var sess *broker.Session
+		if sess, err = s.openVersion1(id, h, true); err == nil {
+			gen = sess.Generation
+			cur = func() (broker.Tokens, error) { return sess.Tokens, nil }
+			seal = func() ([]byte, error) { return s.sealVersion1(id, t, sess.Claims) }
+		}
+	} else {
+		var b binding
+		b, gen, err = parseRecord(h)
+		if err == nil {
+			_, err = s.openClaims(id, h[fieldClaims], claimsAAD(id, b))
+		}
+		cur = func() (broker.Tokens, error) { return s.openTokens(id, h[fieldTok], tokAAD(id, b, gen)) }
+		seal = func() ([]byte, error) { return s.sealTokens(id, b, from+1, t) }
 	}
 	if err != nil {
-		return fmt.Errorf("update tokens: %w", &broker.UnreadableError{Session: clearSession(id, h), Err: err})
+		return 0, fmt.Errorf("update tokens: %w", &broker.UnreadableError{Session: clearSession(id, h), Err: err})
 	}
 	if gen != from {
 		if gen == from+1 {
-			if cur, err := s.openTokens(id, h[fieldTok], tokAAD(id, b, gen)); err == nil && sameTokens(cur, t) {
-				return nil
+			if cur, err := cur(); err == nil && sameTokens(cur, t) {
+				return 1, nil
 			}
 		}
-		return fmt.Errorf("update tokens of session %s from generation %d: %w", id, from, broker.ErrGenerationMoved)
+		return 0, fmt.Errorf("update tokens of session %s from generation %d: %w", id, from, broker.ErrGenerationMoved)
 	}
-	tok, err := s.sealTokens(id, b, from+1, t)
+	tok, err := seal()
 	if err != nil {
-		return fmt.Errorf("update tokens: %w", err)
+		return 0, fmt.Errorf("update tokens: %w", err)
 	}
 	res, err := updateTokensScript.Run(ctx, s.client, []string{key, lockKey(id)},
-		strconv.FormatUint(from, 10), strconv.FormatUint(from+1, 10), held.token, tok).Int()
+		strconv.FormatUint(from, 10), strconv.FormatUint(from+1, 10), held.token, tok, version).Int()
+	s.forget(id)
 	if err != nil {
-		return storeError(ctx, "update tokens of session "+id, err)
+		return 0, storeError(ctx, "update tokens of session "+id, err)
 	}
 	switch res {
-	case 1:
-		return nil
+	case 1, 4:
+		return res, nil
 	case 0:
-		return fmt.Errorf("update tokens of session %s: %w", id, broker.ErrNotFound)
+		return 0, fmt.Errorf("update tokens of session %s: %w", id, broker.ErrNotFound)
 	case 2:
-		return fmt.Errorf("update tokens of session %s from generation %d: %w", id, from, broker.ErrGenerationMoved)
+		return 0, fmt.Errorf("update tokens of session %s from generation %d: %w", id, from, broker.ErrGenerationMoved)
 	default:
-		return fmt.Errorf("update tokens of session %s: %w", id, broker.ErrLeaseLost)
+		return 0, fmt.Errorf("update tokens of session %s: %w", id, broker.ErrLeaseLost)
 	}
 }
 
@@ -251,6 +412,7 @@ func (s *Store) Touch(ctx context.Context, id string, at, expiresAt time.Time) e
 		return fmt.Errorf("touch session %s: %w", id, err)
 	}
 	touched, err := touchScript.Run(ctx, s.client, []string{sessionKey(id)}, at.UnixMilli(), expiresAt.UnixMilli(), lu).Int()
+	s.forget(id)
 	if err != nil {
 		return storeError(ctx, "touch session "+id, err)
 	}

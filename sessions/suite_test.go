@@ -45,6 +45,7 @@ func runStoreSuite(t *testing.T, newStore func(t *testing.T) *Store) {
 	t.Run("ListBySubject", func(t *testing.T) { testListBySubject(t, newStore(t)) })
 	t.Run("ListBySubjectPrunes", func(t *testing.T) { testListPrunes(t, newStore(t)) })
 	t.Run("ListBySID", func(t *testing.T) { testListBySID(t, newStore(t)) })
+	t.Run("ListRecent", func(t *testing.T) { testListRecent(t, newStore(t)) })
 	t.Run("IndexTTL", func(t *testing.T) { testIndexTTL(t, newStore(t)) })
 	t.Run("LockExcludes", func(t *testing.T) { testLockExcludes(t, newStore(t)) })
 	t.Run("LockReleaseByNonOwner", func(t *testing.T) { testLockReleaseByNonOwner(t, newStore(t)) })
@@ -55,6 +56,8 @@ func runStoreSuite(t *testing.T, newStore func(t *testing.T) *Store) {
 	t.Run("AuditCapped", func(t *testing.T) { testAuditCapped(t, newStore(t)) })
 	t.Run("AuditRepeat", func(t *testing.T) { testAuditRepeat(t, newStore(t)) })
 	t.Run("AuditFieldsBounded", func(t *testing.T) { testAuditFieldsBounded(t, newStore(t)) })
+	t.Run("AuditSearch", func(t *testing.T) { testAuditSearch(t, newStore(t)) })
+	t.Run("AuditSearchBounded", func(t *testing.T) { testAuditSearchBounded(t, newStore(t)) })
 	t.Run("NoPlaintext", func(t *testing.T) { testNoPlaintext(t, newStore(t)) })
 	t.Run("KeyRotation", func(t *testing.T) { testKeyRotation(t, newStore(t)) })
 	t.Run("TamperedTok", func(t *testing.T) { testTamperedTok(t, newStore(t)) })
@@ -67,6 +70,8 @@ func runStoreSuite(t *testing.T, newStore func(t *testing.T) *Store) {
 	t.Run("RekeyCompareAndSet", func(t *testing.T) { testRekeyCompareAndSet(t, newStore(t)) })
 	t.Run("RekeyRemoveUnreadable", func(t *testing.T) { testRekeyRemoveUnreadable(t, newStore(t)) })
 	t.Run("UpgradeRecords", func(t *testing.T) { testUpgradeRecords(t, newStore(t)) })
+	t.Run("SchemaBehind", func(t *testing.T) { testSchemaBehind(t, newStore(t)) })
+	t.Run("Cache", func(t *testing.T) { runCacheSuite(t, newStore) })
 	t.Run("DPoPBinding", func(t *testing.T) { testDPoPBinding(t, newStore(t)) })
 }
 
@@ -435,7 +440,7 @@ func testUpdateTokensDeleted(t *testing.T, st *Store) {
 	assertNotFound(t, "UpdateTokens after End", err)
 	assertGone(t, st, s.ID)
 	// The script alone, as if the session ended between the read and it.
-	n, err := updateTokensScript.Run(ctx, st.client, []string{sessionKey(s.ID), lockKey(s.ID)}, "1", "2", l.(*lease).token, "BLOB").Int()
+	n, err := updateTokensScript.Run(ctx, st.client, []string{sessionKey(s.ID), lockKey(s.ID)}, "1", "2", l.(*lease).token, "BLOB", recordVersion).Int()
 	if err != nil || n != 0 {
 		t.Errorf("update tokens script on an ended session = %d, %v; want 0 (gone)", n, err)
 	}
@@ -716,7 +721,10 @@ func testAuditNewestFirst(t *testing.T, st *Store) {
 		if !g.Time.Equal(e.Time) {
 			t.Errorf("event %d: Time = %v, want %v", i, g.Time, e.Time)
 		}
-		g.Time, e.Time = time.Time{}, time.Time{}
+		if g.ID == "" {
+			t.Errorf("event %d has no ID", i)
+		}
+		g.Time, e.Time, g.ID = time.Time{}, time.Time{}, ""
 		if g != e {
 			t.Errorf("event %d = %+v, want %+v", i, g, e)
 		}

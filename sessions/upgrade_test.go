@@ -124,3 +124,79 @@ func testUpgradeRecords(t *testing.T, st *Store) {
 		t.Errorf("Get of an upgraded session after editing sub = %v, want ErrUnreadable", err)
 	}
 }
+
+// testSchemaBehind: on a store one schema version behind, a session is
+// written at record version 1, read and refreshed in that layout, converted
+// by UpgradeRecords at the generation it reached, and refreshed in the new
+// layout after; once the store records the new version, new sessions are
+// written at version 2.
+func testSchemaBehind(t *testing.T, st *Store) {
+	ctx := context.Background()
+	if err := st.client.Set(ctx, SchemaVersionKey, SchemaRecordsV2-1, 0).Err(); err != nil {
+		t.Fatal(err)
+	}
+	s, _ := testSession(t, time.Now(), "auth0|behind", "sid-behind")
+	mustCreate(t, st, s)
+	if v := st.client.HGet(ctx, sessionKey(s.ID), fieldVersion).Val(); v != recordVersion1 {
+		t.Fatalf("record version on a store at schema %d = %q, want %q", SchemaRecordsV2-1, v, recordVersion1)
+	}
+	for _, f := range []string{fieldGen, fieldClaims, fieldLU} {
+		if st.client.HExists(ctx, sessionKey(s.ID), f).Val() {
+			t.Errorf("a version 1 record holds field %s", f)
+		}
+	}
+	got, err := st.Get(ctx, s.ID)
+	if err != nil {
+		t.Fatalf("Get of a version 1 record = %v", err)
+	}
+	assertSameSession(t, got, s)
+
+	// A refresh keeps the layout and moves the generation.
+	s.Tokens.AccessToken, s.Tokens.RefreshToken = "ACCESS-behind-2", "REFRESH-behind-2"
+	if err := refresh(t, st, s.ID, s.Tokens); err != nil {
+		t.Fatalf("UpdateTokens of a version 1 record = %v", err)
+	}
+	if v := st.client.HGet(ctx, sessionKey(s.ID), fieldVersion).Val(); v != recordVersion1 {
+		t.Errorf("record version after a refresh = %q, want %q kept", v, recordVersion1)
+	}
+	if got, err = st.Get(ctx, s.ID); err != nil || got.Generation != 2 {
+		t.Fatalf("Get after a refresh = %+v, %v; want generation 2", got, err)
+	}
+	assertSameSession(t, got, s)
+	lease, ok, err := st.TryLock(ctx, s.ID, 10*time.Second)
+	if err != nil || !ok {
+		t.Fatalf("TryLock = %v, %v", ok, err)
+	}
+	if err := st.UpdateTokens(ctx, s.ID, lease, 1, s.Tokens); err != nil {
+		t.Errorf("UpdateTokens repeated from generation 1 with the tokens it wrote = %v, want nil", err)
+	}
+	if err := st.UpdateTokens(ctx, s.ID, lease, 1, broker.Tokens{AccessToken: "stale"}); !errors.Is(err, broker.ErrGenerationMoved) {
+		t.Errorf("UpdateTokens from a moved generation = %v, want ErrGenerationMoved", err)
+	}
+	_ = lease.Release(ctx)
+
+	// The migration's conversion keeps the generation.
+	if n, unreadable, err := st.UpgradeRecords(ctx, []string{s.ID}); n != 1 || len(unreadable) != 0 || err != nil {
+		t.Fatalf("UpgradeRecords = %d, %v, %v; want 1 converted", n, unreadable, err)
+	}
+	if err := st.client.Set(ctx, SchemaVersionKey, SchemaRecordsV2, 0).Err(); err != nil {
+		t.Fatal(err)
+	}
+	if got, err = st.Get(ctx, s.ID); err != nil || got.Generation != 2 {
+		t.Fatalf("Get after the conversion = %+v, %v; want generation 2", got, err)
+	}
+	assertSameSession(t, got, s)
+	s.Tokens.AccessToken = "ACCESS-behind-3"
+	if err := refresh(t, st, s.ID, s.Tokens); err != nil {
+		t.Fatalf("UpdateTokens after the conversion = %v", err)
+	}
+	if got, err = st.Get(ctx, s.ID); err != nil || got.Generation != 3 || st.client.HGet(ctx, sessionKey(s.ID), fieldVersion).Val() != recordVersion {
+		t.Fatalf("Get after a refresh in the new layout = %+v, %v; want generation 3 at record version %s", got, err, recordVersion)
+	}
+
+	fresh, _ := testSession(t, time.Now(), "auth0|behind", "")
+	mustCreate(t, st, fresh)
+	if v := st.client.HGet(ctx, sessionKey(fresh.ID), fieldVersion).Val(); v != recordVersion {
+		t.Errorf("record version once the store is at schema %d = %q, want %q", SchemaRecordsV2, v, recordVersion)
+	}
+}

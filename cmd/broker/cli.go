@@ -6,7 +6,6 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"net"
@@ -18,6 +17,9 @@ import (
 	"time"
 	"unicode"
 	"unicode/utf8"
+
+	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
 )
 
 // The operator commands `broker sessions` and `broker audit` are clients of
@@ -34,16 +36,6 @@ const (
 	userAgentWidth    = 40
 	defaultAuditLimit = 50
 )
-
-// usageError is a mistake on the command line. It matches errUsage, so main
-// exits 2 on it, but says what was wrong and which help to read.
-type usageError struct{ cmd, msg string }
-
-func (e *usageError) Error() string {
-	return fmt.Sprintf("%s: %s (see 'broker %s -h')", e.cmd, e.msg, e.cmd)
-}
-
-func (e *usageError) Is(target error) bool { return target == errUsage }
 
 // apiError is a non-2xx answer of the admin API.
 type apiError struct {
@@ -125,11 +117,11 @@ type adminFlags struct {
 	json                  bool
 }
 
-func (f *adminFlags) register(fs *flag.FlagSet) {
+func (f *adminFlags) register(fs *pflag.FlagSet) {
 	// The defaults from the environment are applied after parsing, so that
-	// -h never prints a token.
+	// --help never prints a token.
 	fs.StringVar(&f.url, "admin-url", "", "base URL of the broker's admin listener (default $BROKER_ADMIN_URL, else "+defaultAdminURL+")")
-	fs.StringVar(&f.token, "token", "", "admin token (default $BROKER_ADMIN_TOKEN); prefer -token-file or the variable, which stay out of shell history and ps")
+	fs.StringVar(&f.token, "token", "", "admin token (default $BROKER_ADMIN_TOKEN, or the file $BROKER_ADMIN_TOKEN_FILE names); prefer --token-file or the variables, which stay out of shell history and ps")
 	fs.StringVar(&f.tokenFile, "token-file", "", "read the admin token from this file")
 	fs.BoolVar(&f.json, "json", false, "print the admin API's JSON instead of a table")
 }
@@ -138,7 +130,7 @@ func (f *adminFlags) register(fs *flag.FlagSet) {
 // describe.
 func (f *adminFlags) client(cmd string, getenv func(string) string, stderr io.Writer) (*adminClient, error) {
 	if f.token != "" && f.tokenFile != "" {
-		return nil, &usageError{cmd, "give either -token or -token-file, not both"}
+		return nil, &usageError{cmd, "give either --token or --token-file, not both"}
 	}
 	token := f.token
 	if f.tokenFile != "" {
@@ -152,10 +144,14 @@ func (f *adminFlags) client(cmd string, getenv func(string) string, stderr io.Wr
 		}
 	}
 	if token == "" {
-		token = strings.TrimSpace(getenv("BROKER_ADMIN_TOKEN"))
+		env, err := resolveEnv(getenv, "BROKER_ADMIN_TOKEN")
+		if err != nil {
+			return nil, err
+		}
+		token = strings.TrimSpace(env("BROKER_ADMIN_TOKEN"))
 	}
 	if token == "" {
-		return nil, &usageError{cmd, "no admin token: set BROKER_ADMIN_TOKEN or pass -token-file with one of the broker's BROKER_ADMIN_TOKENS"}
+		return nil, &usageError{cmd, "no admin token: set BROKER_ADMIN_TOKEN (or BROKER_ADMIN_TOKEN_FILE) or pass --token-file with one of the broker's BROKER_ADMIN_TOKENS"}
 	}
 	// A control character would be rejected by net/http with a message of
 	// its own; say which input is wrong without showing it.
@@ -195,26 +191,6 @@ func isLoopback(host string) bool {
 	return ip != nil && ip.IsLoopback()
 }
 
-// parseFlags parses args, answering -h on stdout. It reports done when the
-// command has nothing left to do.
-func parseFlags(fs *flag.FlagSet, cmd, synopsis string, args []string, stdout io.Writer) (done bool, err error) {
-	fs.SetOutput(io.Discard)
-	fs.Usage = func() {}
-	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			fmt.Fprintf(stdout, "usage: %s\n\n", synopsis)
-			fs.SetOutput(stdout)
-			fs.PrintDefaults()
-			return true, nil
-		}
-		return true, &usageError{cmd, err.Error()}
-	}
-	if fs.NArg() > 0 {
-		return true, &usageError{cmd, fmt.Sprintf("unexpected argument %q; every value goes after a flag", fs.Arg(0))}
-	}
-	return false, nil
-}
-
 // session is one session as the admin API describes it. Times are kept as
 // sent, so that an unexpected format is shown rather than rejected.
 type session struct {
@@ -238,61 +214,65 @@ type auditEvent struct {
 	Detail    string `json:"detail"`
 }
 
-const sessionsSynopsis = `broker sessions list --sub SUB [--json]
-       broker sessions show --id SESSION_ID [--json]
-       broker sessions revoke (--id SESSION_ID | --sub SUB) [--json]
-common flags: [--admin-url URL] [--token-file PATH | --token TOKEN]`
-
-// sessionsCommand runs `broker sessions list|show|revoke`.
-func sessionsCommand(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error {
-	if len(args) == 0 {
-		return &usageError{"sessions", "want a subcommand: list, show or revoke"}
+// sessionsCommand groups `broker sessions list|show|revoke`. Each leaf
+// keeps its flags in an options struct, so a flag is one line in its
+// constructor and one field.
+func sessionsCommand(a *app) *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "sessions",
+		Short: "List, show and revoke sessions through the admin API",
+		Long: `List, show and revoke sessions through a running broker's admin API. The
+commands hold no store credentials: they need the admin listener's URL and
+one of the broker's admin tokens.`,
+		GroupID: groupOperator,
 	}
-	switch args[0] {
-	case "list":
-		return sessionsList(ctx, args[1:], getenv, stdout, stderr)
-	case "show":
-		return sessionsShow(ctx, args[1:], getenv, stdout, stderr)
-	case "revoke":
-		return sessionsRevoke(ctx, args[1:], getenv, stdout, stderr)
-	case "help", "-h", "-help", "--help":
-		fmt.Fprintf(stdout, "usage: %s\n", sessionsSynopsis)
-		return nil
-	}
-	return &usageError{"sessions", fmt.Sprintf("unknown subcommand %q; want list, show or revoke", args[0])}
+	cmd.Args, cmd.RunE = subcommands(cmd)
+	cmd.AddCommand(sessionsListCommand(a), sessionsShowCommand(a), sessionsRevokeCommand(a))
+	return cmd
 }
 
-func sessionsList(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error {
+type sessionsListOptions struct {
+	admin adminFlags
+	sub   string
+}
+
+func sessionsListCommand(a *app) *cobra.Command {
+	var o sessionsListOptions
+	cmd := &cobra.Command{
+		Use:   "list --sub SUB",
+		Short: "List a user's sessions",
+		Args:  noArgs,
+		RunE:  func(c *cobra.Command, _ []string) error { return sessionsList(c.Context(), a, &o) },
+	}
+	o.admin.register(cmd.Flags())
+	cmd.Flags().StringVar(&o.sub, "sub", "", "the user's subject (the ID token's sub claim), as in 'auth0|123'")
+	return cmd
+}
+
+func sessionsList(ctx context.Context, a *app, o *sessionsListOptions) error {
 	const cmd = "sessions list"
-	fs := flag.NewFlagSet(cmd, flag.ContinueOnError)
-	var af adminFlags
-	af.register(fs)
-	sub := fs.String("sub", "", "the user's subject (the ID token's sub claim), as in 'auth0|123'")
-	if done, err := parseFlags(fs, cmd, "broker sessions list --sub SUB [--json] [--admin-url URL] [--token-file PATH]", args, stdout); done {
+	if err := checkSub(cmd, o.sub); err != nil {
 		return err
 	}
-	if err := checkSub(cmd, *sub); err != nil {
-		return err
-	}
-	c, err := af.client(cmd, getenv, stderr)
+	c, err := o.admin.client(cmd, a.getenv, a.stderr)
 	if err != nil {
 		return err
 	}
 	var out struct {
 		Sessions []session `json:"sessions"`
 	}
-	body, err := c.getJSON(ctx, "/admin/v1/users/"+url.PathEscape(*sub)+"/sessions", &out)
+	body, err := c.getJSON(ctx, "/admin/v1/users/"+url.PathEscape(o.sub)+"/sessions", &out)
 	if err != nil {
 		return err
 	}
-	if af.json {
-		return writeJSON(stdout, body)
+	if o.admin.json {
+		return writeJSON(a.stdout, body)
 	}
 	if len(out.Sessions) == 0 {
-		fmt.Fprintf(stdout, "no sessions of user %s\n", printable(*sub))
+		fmt.Fprintf(a.stdout, "no sessions of user %s\n", printable(o.sub))
 		return nil
 	}
-	tw := tabwriter.NewWriter(stdout, 0, 0, 2, ' ', 0)
+	tw := tabwriter.NewWriter(a.stdout, 0, 0, 2, ' ', 0)
 	fmt.Fprintln(tw, "SESSION ID\tCREATED\tLAST USED\tEXPIRES\tIP\tUSER AGENT")
 	for _, s := range out.Sessions {
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", cell(s.SessionID), when(s.CreatedAt), when(s.LastUsedAt),
@@ -301,31 +281,42 @@ func sessionsList(ctx context.Context, args []string, getenv func(string) string
 	return tw.Flush()
 }
 
-func sessionsShow(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error {
+type sessionsShowOptions struct {
+	admin adminFlags
+	id    string
+}
+
+func sessionsShowCommand(a *app) *cobra.Command {
+	var o sessionsShowOptions
+	cmd := &cobra.Command{
+		Use:   "show --id SESSION_ID",
+		Short: "Show one session",
+		Args:  noArgs,
+		RunE:  func(c *cobra.Command, _ []string) error { return sessionsShow(c.Context(), a, &o) },
+	}
+	o.admin.register(cmd.Flags())
+	cmd.Flags().StringVar(&o.id, "id", "", "the session's ID (session_id, as in the audit log; not the handle)")
+	return cmd
+}
+
+func sessionsShow(ctx context.Context, a *app, o *sessionsShowOptions) error {
 	const cmd = "sessions show"
-	fs := flag.NewFlagSet(cmd, flag.ContinueOnError)
-	var af adminFlags
-	af.register(fs)
-	id := fs.String("id", "", "the session's ID (session_id, as in the audit log; not the handle)")
-	if done, err := parseFlags(fs, cmd, "broker sessions show --id SESSION_ID [--json] [--admin-url URL] [--token-file PATH]", args, stdout); done {
+	if err := checkID(cmd, o.id); err != nil {
 		return err
 	}
-	if err := checkID(cmd, *id); err != nil {
-		return err
-	}
-	c, err := af.client(cmd, getenv, stderr)
+	c, err := o.admin.client(cmd, a.getenv, a.stderr)
 	if err != nil {
 		return err
 	}
 	var s session
-	body, err := c.getJSON(ctx, "/admin/v1/sessions/"+url.PathEscape(*id), &s)
+	body, err := c.getJSON(ctx, "/admin/v1/sessions/"+url.PathEscape(o.id), &s)
 	if err != nil {
 		return err
 	}
-	if af.json {
-		return writeJSON(stdout, body)
+	if o.admin.json {
+		return writeJSON(a.stdout, body)
 	}
-	tw := tabwriter.NewWriter(stdout, 0, 0, 2, ' ', 0)
+	tw := tabwriter.NewWriter(a.stdout, 0, 0, 2, ' ', 0)
 	for _, row := range [][2]string{
 		{"SESSION ID", cell(s.SessionID)},
 		{"SUB", cell(s.Sub)},
@@ -341,46 +332,57 @@ func sessionsShow(ctx context.Context, args []string, getenv func(string) string
 	return tw.Flush()
 }
 
-func sessionsRevoke(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error {
-	const cmd = "sessions revoke"
-	fs := flag.NewFlagSet(cmd, flag.ContinueOnError)
-	var af adminFlags
-	af.register(fs)
-	id := fs.String("id", "", "end this one session")
-	sub := fs.String("sub", "", "end every session of this user")
-	if done, err := parseFlags(fs, cmd, "broker sessions revoke (--id SESSION_ID | --sub SUB) [--json] [--admin-url URL] [--token-file PATH]", args, stdout); done {
-		return err
+type sessionsRevokeOptions struct {
+	admin   adminFlags
+	id, sub string
+}
+
+func sessionsRevokeCommand(a *app) *cobra.Command {
+	var o sessionsRevokeOptions
+	cmd := &cobra.Command{
+		Use:   "revoke (--id SESSION_ID | --sub SUB)",
+		Short: "End one session, or every session of a user",
+		Args:  noArgs,
+		RunE:  func(c *cobra.Command, _ []string) error { return sessionsRevoke(c.Context(), a, &o) },
 	}
-	if (*id == "") == (*sub == "") {
+	o.admin.register(cmd.Flags())
+	cmd.Flags().StringVar(&o.id, "id", "", "end this one session")
+	cmd.Flags().StringVar(&o.sub, "sub", "", "end every session of this user")
+	return cmd
+}
+
+func sessionsRevoke(ctx context.Context, a *app, o *sessionsRevokeOptions) error {
+	const cmd = "sessions revoke"
+	if (o.id == "") == (o.sub == "") {
 		return &usageError{cmd, "give exactly one of --id SESSION_ID (one session) or --sub SUB (every session of a user)"}
 	}
-	if *id != "" {
-		if err := checkID(cmd, *id); err != nil {
+	if o.id != "" {
+		if err := checkID(cmd, o.id); err != nil {
 			return err
 		}
-	} else if err := checkSub(cmd, *sub); err != nil {
+	} else if err := checkSub(cmd, o.sub); err != nil {
 		return err
 	}
-	c, err := af.client(cmd, getenv, stderr)
+	c, err := o.admin.client(cmd, a.getenv, a.stderr)
 	if err != nil {
 		return err
 	}
 
-	if *id != "" {
-		if _, _, err := c.do(ctx, http.MethodDelete, "/admin/v1/sessions/"+url.PathEscape(*id)); err != nil {
+	if o.id != "" {
+		if _, _, err := c.do(ctx, http.MethodDelete, "/admin/v1/sessions/"+url.PathEscape(o.id)); err != nil {
 			return err
 		}
-		if af.json {
+		if o.admin.json {
 			// The API answers 204 without a body; give scripts the same
 			// shape as a user's revocation.
-			b, _ := json.Marshal(map[string]any{"revoked": 1, "session_id": *id})
-			return writeJSON(stdout, b)
+			b, _ := json.Marshal(map[string]any{"revoked": 1, "session_id": o.id})
+			return writeJSON(a.stdout, b)
 		}
-		fmt.Fprintf(stdout, "revoked session %s\n", printable(*id))
+		fmt.Fprintf(a.stdout, "revoked session %s\n", printable(o.id))
 		return nil
 	}
 
-	path := "/admin/v1/users/" + url.PathEscape(*sub) + "/sessions"
+	path := "/admin/v1/users/" + url.PathEscape(o.sub) + "/sessions"
 	_, body, err := c.do(ctx, http.MethodDelete, path)
 	if err != nil {
 		return err
@@ -392,54 +394,65 @@ func sessionsRevoke(ctx context.Context, args []string, getenv func(string) stri
 	if err := json.Unmarshal(body, &out); err != nil {
 		return fmt.Errorf("admin API: DELETE %s: the answer is not the expected JSON: %w", path, err)
 	}
-	if af.json {
-		if err := writeJSON(stdout, body); err != nil {
+	if o.admin.json {
+		if err := writeJSON(a.stdout, body); err != nil {
 			return err
 		}
 	} else {
-		fmt.Fprintf(stdout, "revoked %d %s of user %s\n", out.Revoked, plural(out.Revoked, "session", "sessions"), printable(*sub))
+		fmt.Fprintf(a.stdout, "revoked %d %s of user %s\n", out.Revoked, plural(out.Revoked, "session", "sessions"), printable(o.sub))
 	}
 	// The sessions are over at the broker either way; a refresh token the IdP
 	// did not revoke stays valid there until it expires.
 	if out.IdPRevocationFailures > 0 {
-		fmt.Fprintf(stderr, "warning: the identity provider did not confirm the revocation of %d refresh %s; see 'broker audit'\n",
+		fmt.Fprintf(a.stderr, "warning: the identity provider did not confirm the revocation of %d refresh %s; see 'broker audit'\n",
 			out.IdPRevocationFailures, plural(out.IdPRevocationFailures, "token", "tokens"))
 	}
 	return nil
 }
 
-// auditCommand runs `broker audit`.
-func auditCommand(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error {
+type auditOptions struct {
+	admin adminFlags
+	limit int
+}
+
+func auditCommand(a *app) *cobra.Command {
+	var o auditOptions
+	cmd := &cobra.Command{
+		Use:     "audit",
+		Short:   "Show the newest audit events through the admin API",
+		GroupID: groupOperator,
+		Args:    noArgs,
+		RunE:    func(c *cobra.Command, _ []string) error { return audit(c.Context(), a, &o) },
+	}
+	o.admin.register(cmd.Flags())
+	cmd.Flags().IntVar(&o.limit, "limit", defaultAuditLimit, "how many events to show, newest first")
+	return cmd
+}
+
+func audit(ctx context.Context, a *app, o *auditOptions) error {
 	const cmd = "audit"
-	fs := flag.NewFlagSet(cmd, flag.ContinueOnError)
-	var af adminFlags
-	af.register(fs)
-	limit := fs.Int("limit", defaultAuditLimit, "how many events to show, newest first")
-	if done, err := parseFlags(fs, cmd, "broker audit [--limit N] [--json] [--admin-url URL] [--token-file PATH]", args, stdout); done {
-		return err
+	if o.limit < 1 {
+		return &usageError{cmd, fmt.Sprintf("--limit must be at least 1, got %d", o.limit)}
 	}
-	if *limit < 1 {
-		return &usageError{cmd, fmt.Sprintf("--limit must be at least 1, got %d", *limit)}
-	}
-	c, err := af.client(cmd, getenv, stderr)
+	c, err := o.admin.client(cmd, a.getenv, a.stderr)
 	if err != nil {
 		return err
 	}
 	var out struct {
 		Events []auditEvent `json:"events"`
 	}
-	body, err := c.getJSON(ctx, "/admin/v1/audit?limit="+fmt.Sprint(*limit), &out)
+	body, err := c.getJSON(ctx, "/admin/v1/audit?limit="+fmt.Sprint(o.limit), &out)
 	if err != nil {
 		return err
 	}
-	if af.json {
-		return writeJSON(stdout, body)
+	if o.admin.json {
+		return writeJSON(a.stdout, body)
 	}
 	if len(out.Events) == 0 {
-		fmt.Fprintln(stdout, "no audit events")
+		fmt.Fprintln(a.stdout, "no audit events")
 		return nil
 	}
-	tw := tabwriter.NewWriter(stdout, 0, 0, 2, ' ', 0)
+	tw := tabwriter.NewWriter(a.stdout, 0, 0, 2, ' ', 0)
 	fmt.Fprintln(tw, "TIME\tACTOR\tACTION\tSESSION\tSUB\tOUTCOME\tDETAIL")
 	for _, e := range out.Events {
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", when(e.Time), cell(e.Actor), cell(e.Action),

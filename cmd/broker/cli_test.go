@@ -144,8 +144,8 @@ func TestCLIUsageErrors(t *testing.T) {
 		args []string
 		want string
 	}{
-		{"no subcommand", getenv, []string{"sessions"}, "want a subcommand: list, show or revoke"},
-		{"unknown subcommand", getenv, []string{"sessions", "kill"}, `unknown subcommand "kill"`},
+		{"no subcommand", getenv, []string{"sessions"}, "want a subcommand: list, revoke, show"},
+		{"unknown subcommand", getenv, []string{"sessions", "kill"}, `unknown subcommand "kill"; want one of list, revoke, show`},
 		{"list without --sub", getenv, []string{"sessions", "list"}, "--sub is required"},
 		{"list with empty --sub", getenv, []string{"sessions", "list", "--sub", ""}, "--sub is required"},
 		{"list with dot-dot sub", getenv, []string{"sessions", "list", "--sub", ".."}, `--sub ".." is not a subject`},
@@ -153,12 +153,12 @@ func TestCLIUsageErrors(t *testing.T) {
 		{"show without --id", getenv, []string{"sessions", "show", "--json"}, "--id is required"},
 		{"revoke without --id or --sub", getenv, []string{"sessions", "revoke"}, "give exactly one of --id SESSION_ID (one session) or --sub SUB"},
 		{"revoke with --id and --sub", getenv, []string{"sessions", "revoke", "--id", "s1", "--sub", "auth0|123"}, "give exactly one of --id"},
-		{"audit with non-numeric --limit", getenv, []string{"audit", "--limit", "ten"}, `invalid value "ten" for flag -limit`},
+		{"audit with non-numeric --limit", getenv, []string{"audit", "--limit", "ten"}, `invalid argument "ten" for "--limit" flag`},
 		{"audit with zero --limit", getenv, []string{"audit", "--limit", "0"}, "--limit must be at least 1, got 0"},
 		{"audit with negative --limit", getenv, []string{"audit", "--limit=-5"}, "--limit must be at least 1, got -5"},
-		{"unknown flag", getenv, []string{"audit", "--since", "1h"}, "flag provided but not defined: -since"},
-		{"token and token file", getenv, []string{"audit", "--token", "x", "--token-file", tokenFile}, "either -token or -token-file, not both"},
-		{"no token", getenvOf("BROKER_ADMIN_URL", f.URL), []string{"audit"}, "no admin token: set BROKER_ADMIN_TOKEN or pass -token-file"},
+		{"unknown flag", getenv, []string{"audit", "--since", "1h"}, "unknown flag: --since"},
+		{"token and token file", getenv, []string{"audit", "--token", "x", "--token-file", tokenFile}, "either --token or --token-file, not both"},
+		{"no token", getenvOf("BROKER_ADMIN_URL", f.URL), []string{"audit"}, "no admin token: set BROKER_ADMIN_TOKEN (or BROKER_ADMIN_TOKEN_FILE) or pass --token-file"},
 		{"admin URL without scheme", getenv, []string{"audit", "--admin-url", "127.0.0.1:9090"}, "want http://host:port"},
 		{"admin URL with a query", getenv, []string{"audit", "--admin-url", f.URL + "?x=1"}, "want http://host:port"},
 		{"admin URL of another scheme", getenv, []string{"audit", "--admin-url", "ftp://broker"}, "want http://host:port"},
@@ -201,7 +201,7 @@ func TestCLIHelp(t *testing.T) {
 		if err != nil {
 			t.Errorf("run(%q) = %v, want nil", args, err)
 		}
-		if !strings.HasPrefix(stdout, "usage: broker ") {
+		if !strings.Contains(stdout, "Usage:\n  broker "+strings.Join(args[:len(args)-1], " ")) {
 			t.Errorf("run(%q) printed %q, want a usage text", args, stdout)
 		}
 		if strings.Contains(stdout+stderr, fakeAdminToken) {

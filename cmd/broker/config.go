@@ -59,6 +59,13 @@ type config struct {
 	// DPoP and DPoPAlgorithms configure device-bound sessions (RFC 9449).
 	DPoP           dpopMode       `env:"BROKER_DPOP" envDefault:"optional"`
 	DPoPAlgorithms dpopAlgorithms `env:"BROKER_DPOP_ALGORITHMS" envDefault:"ES256"`
+	// SessionCache keeps opened sessions in process, invalidated by Redis
+	// (see sessions.Store.Lookup); unset sizes take the sessions package's
+	// defaults.
+	SessionCache         bool     `env:"BROKER_SESSION_CACHE" envDefault:"true"`
+	SessionCacheEntries  count    `env:"BROKER_SESSION_CACHE_ENTRIES"`
+	SessionCacheMaxBytes count    `env:"BROKER_SESSION_CACHE_MAX_BYTES"`
+	SessionCacheTTL      duration `env:"BROKER_SESSION_CACHE_TTL"`
 	// TLSCert and TLSKey, both or neither, serve the public listener over
 	// TLS (HTTP/2 by ALPN) from PEM files.
 	TLSCert string `env:"BROKER_TLS_CERT"`
@@ -75,6 +82,18 @@ type config struct {
 	OTelServiceName    string `env:"OTEL_SERVICE_NAME" envDefault:"token-broker"`
 	OTelSDKDisabled    string `env:"OTEL_SDK_DISABLED"`
 	OTelTracesExporter string `env:"OTEL_TRACES_EXPORTER"`
+}
+
+// cacheOptions are the session cache's settings; nil when it is off.
+func (c *config) cacheOptions() *sessions.CacheOptions {
+	if !c.SessionCache {
+		return nil
+	}
+	return &sessions.CacheOptions{
+		MaxEntries: int(c.SessionCacheEntries),
+		MaxBytes:   int64(c.SessionCacheMaxBytes),
+		TTL:        time.Duration(c.SessionCacheTTL),
+	}
 }
 
 // tracesEndpoint returns the URL the OTLP/HTTP exporter posts spans to, or
@@ -190,6 +209,7 @@ func loadConfig(getenv func(string) string, requireKeys bool) (*config, error) {
 		{"UpstreamTimeout", time.Duration(cfg.UpstreamTimeout)},
 		{"WebSocketMaxLifetime", time.Duration(cfg.WebSocketMaxLifetime)},
 		{"WebSocketCheckInterval", time.Duration(cfg.WebSocketCheckInterval)},
+		{"SessionCacheTTL", time.Duration(cfg.SessionCacheTTL)},
 	} {
 		if name := envName(d.field); environ[name] != "" && !invalid[name] && d.v <= 0 {
 			problems = append(problems, envName(d.field)+" must be a positive duration such as 30s or 720h")

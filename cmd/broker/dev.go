@@ -1,22 +1,29 @@
+//go:build !nodev
+
 package main
 
 import (
 	"context"
 	"crypto/rand"
 	"crypto/sha256"
+	"encoding/base64"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
-	"flag"
 	"fmt"
 	"io"
+	"io/fs"
 	"log/slog"
 	"net"
 	"net/http"
+	"os"
+	"path/filepath"
 	"strings"
 	"time"
 
 	"github.com/alicebob/miniredis/v2"
+	"github.com/redis/go-redis/v9"
+	"github.com/spf13/cobra"
 	"golang.org/x/oauth2"
 
 	"github.com/mobile-token-broker/broker/internal/devidp"
@@ -33,28 +40,60 @@ const (
 	devAccessTokenTTL = time.Minute
 )
 
-// devCommand runs `broker dev`, `broker dev login` and `broker dev proof`.
-func devCommand(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error {
-	if len(args) > 0 && args[0] == "login" {
-		return devLogin(ctx, args[1:], stdout)
+// addDevCommand adds `broker dev`, `broker dev login` and `broker dev
+// proof`; a build with
+// -tags nodev leaves them out, and with them the development OpenID
+// Provider and the embedded store (nodev.go).
+func addDevCommand(root *cobra.Command, a *app) {
+	var ef envFlags
+	var idpAddr string
+	dev := &cobra.Command{
+		Use:   "dev",
+		Short: "Run a self-contained development stack",
+		Long: `Run a self-contained development stack: a development OpenID Provider with a
+demo user, a demo upstream, an embedded store unless BROKER_REDIS_URL is set,
+and the broker itself. For development only: never expose it.`,
+		GroupID: groupDev,
+		Args:    noArgs,
+		RunE: func(c *cobra.Command, _ []string) error {
+			return runDev(c.Context(), ef.getenv(a.getenv), idpAddr, a.stdout, a.stderr, nil)
+		},
 	}
-	if len(args) > 0 && args[0] == "proof" {
-		return devProof(args[1:], stdout)
+	dev.Flags().StringVar(&idpAddr, "idp", devIdPAddr, "listen address of the development OpenID Provider")
+	ef.add(dev.Flags(), "BROKER_LISTEN", "BROKER_ADMIN_LISTEN", "BROKER_REDIS_URL")
+	dev.Flag("listen").Usage = "overrides $BROKER_LISTEN (default " + devListen + ")"
+	dev.Flag("admin-listen").Usage = "overrides $BROKER_ADMIN_LISTEN (default " + devAdminListen + ")"
+	dev.Flag("redis-url").Usage = "overrides $BROKER_REDIS_URL (default: an embedded in-memory store)"
+
+	var lo devLoginOptions
+	login := &cobra.Command{
+		Use:   "login",
+		Short: "Play the mobile app against `broker dev` and print the session handle",
+		Args:  noArgs,
+		RunE:  func(c *cobra.Command, _ []string) error { return devLogin(c.Context(), &lo, a.stdout) },
 	}
-	fs := flag.NewFlagSet("broker dev", flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	idpAddr := fs.String("idp", devIdPAddr, "listen address of the development OpenID Provider")
-	if err := fs.Parse(args); err != nil {
-		return errUsage
-	}
-	return runDev(ctx, getenv, *idpAddr, stdout, stderr, nil)
+	login.Flags().StringVar(&lo.broker, "broker", "http://"+devListen, "the broker's public URL")
+	login.Flags().StringVar(&lo.issuer, "idp", "http://"+devIdPAddr, "the development IdP's issuer URL")
+	login.Flags().StringVar(&lo.user, "user", devidp.DemoUsername, "username at the development IdP")
+	login.Flags().StringVar(&lo.password, "password", devidp.DemoPassword, "password at the development IdP")
+	login.Flags().BoolVarP(&lo.verbose, "verbose", "v", false, "print the whole session response, not only the handle")
+	login.Flags().BoolVar(&lo.dpop, "dpop", false, "bind the session to a new P-256 key (DPoP, RFC 9449), saved to --dpop-key for `broker dev proof`")
+	login.Flags().StringVar(&lo.dpopKey, "dpop-key", "dpop-key.json", "where --dpop saves the private key (a JWK, mode 0600)")
+	dev.AddCommand(login)
+	dev.AddCommand(newDevProofCommand(a))
+	root.AddCommand(dev)
 }
 
 // runDev starts a self-contained development stack: a development OpenID
 // Provider, a demo upstream, an embedded store unless BROKER_REDIS_URL is
 // set, ephemeral keys, and the broker itself.
 func runDev(ctx context.Context, getenv func(string) string, idpAddr string, stdout, stderr io.Writer, h *hooks) error {
+	getenv, err := resolveEnv(getenv)
+	if err != nil {
+		return err
+	}
 	log := slog.New(slog.NewJSONHandler(stderr, nil))
+	redis.SetLogger(redisLogger{log})
 	warn := func(msg string) {
 		log.Warn(msg)
 		fmt.Fprintln(stderr, "WARNING: "+msg)
@@ -82,9 +121,24 @@ func runDev(ctx context.Context, getenv func(string) string, idpAddr string, std
 		redisURL = "redis://" + mr.Addr()
 		warn("BROKER_REDIS_URL is not set: using an embedded in-memory store; every session vanishes when this process exits")
 	}
-	keys, err := sessions.NewEphemeralKeyring()
-	if err != nil {
-		return err
+	var keys *sessions.Keyring
+	if getenv("BROKER_REDIS_URL") == "" {
+		// The embedded store dies with the process, and its sessions with
+		// it: an ephemeral key loses nothing more.
+		if keys, err = sessions.NewEphemeralKeyring(); err != nil {
+			return err
+		}
+	} else if getenv("BROKER_ENCRYPTION_KEYS") == "" {
+		var path string
+		keys, path, err = devKeyring()
+		if err != nil {
+			warn("BROKER_REDIS_URL is set but the development key could not be kept (" + err.Error() + "): sessions are sealed under a key that dies with this process, and every saved handle fails after a restart; set BROKER_ENCRYPTION_KEYS to keep them")
+			if keys, err = sessions.NewEphemeralKeyring(); err != nil {
+				return err
+			}
+		} else {
+			warn("BROKER_REDIS_URL is set: sessions are sealed under the development key kept in " + path + ", so they survive a restart; whoever reads that file can open them. Set BROKER_ENCRYPTION_KEYS to use a key of your own")
+		}
 	}
 	adminToken := rand.Text()
 	env := map[string]string{
@@ -111,6 +165,7 @@ func runDev(ctx context.Context, getenv func(string) string, idpAddr string, std
 	if err != nil {
 		return err
 	}
+	warnSettings(log, cfg, getenv)
 	if cfg.EncryptionKeys.Keyring != nil {
 		keys = cfg.EncryptionKeys.Keyring
 	}
@@ -135,6 +190,57 @@ func runDev(ctx context.Context, getenv func(string) string, idpAddr string, std
 	return runBroker(ctx, cfg, rdb, keys, log, h)
 }
 
+// devKeyFile is where `broker dev` keeps its encryption key for a store of
+// its user's (BROKER_REDIS_URL), under the user's cache directory.
+const devKeyFile = "mobile-token-broker/dev-encryption-key"
+
+// devKeyring returns the development key kept in the user's cache
+// directory, making it on first use: sessions that `broker dev` stores in a
+// Redis of the user's then survive a restart. The file is the user's only
+// (0600) and holds a BROKER_ENCRYPTION_KEYS value.
+func devKeyring() (*sessions.Keyring, string, error) {
+	dir, err := os.UserCacheDir()
+	if err != nil {
+		return nil, "", err
+	}
+	path := filepath.Join(dir, devKeyFile)
+	if raw, err := readSecretFile(path); err == nil {
+		keys, err := sessions.ParseKeyring(raw)
+		if err != nil {
+			return nil, "", fmt.Errorf("%s does not hold a key: %w", path, err)
+		}
+		return keys, path, nil
+	} else if !errors.Is(err, fs.ErrNotExist) {
+		return nil, "", err
+	}
+	key := make([]byte, 32)
+	if _, err := rand.Read(key); err != nil {
+		return nil, "", err
+	}
+	raw := "dev:" + base64.StdEncoding.EncodeToString(key)
+	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
+		return nil, "", err
+	}
+	// O_EXCL: of two `broker dev` starting at once, one writes the key and
+	// the other reads it.
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+	if errors.Is(err, fs.ErrExist) {
+		return devKeyring()
+	}
+	if err != nil {
+		return nil, "", err
+	}
+	if _, err := f.WriteString(raw + "\n"); err != nil {
+		f.Close()
+		return nil, "", err
+	}
+	if err := f.Close(); err != nil {
+		return nil, "", err
+	}
+	keys, err := sessions.ParseKeyring(raw)
+	return keys, path, err
+}
+
 func printWalkthrough(w io.Writer, public, admin, issuer, adminToken string) {
 	fmt.Fprintf(w, `
 Token broker development stack
@@ -151,10 +257,10 @@ Play the mobile app (PKCE, browser login, code handed to the broker):
   curl -X DELETE -H "Authorization: Bearer $HANDLE" http://%[1]s/v1/session
 
 The same with a session bound to a device key (DPoP), one proof per request:
-  HANDLE=$(go run ./cmd/broker dev login -dpop -dpop-key /tmp/dpop-key.json)
-  PROOF=$(go run ./cmd/broker dev proof -key /tmp/dpop-key.json -handle "$HANDLE" GET http://%[1]s/api/whoami)
+  HANDLE=$(go run ./cmd/broker dev login --dpop --dpop-key /tmp/dpop-key.json)
+  PROOF=$(go run ./cmd/broker dev proof --key /tmp/dpop-key.json --handle "$HANDLE" GET http://%[1]s/api/whoami)
   curl -H "Authorization: DPoP $HANDLE" -H "DPoP: $PROOF" http://%[1]s/api/whoami
-  PROOF=$(go run ./cmd/broker dev proof -key /tmp/dpop-key.json -handle "$HANDLE" GET http://%[1]s/v1/sessions)
+  PROOF=$(go run ./cmd/broker dev proof --key /tmp/dpop-key.json --handle "$HANDLE" GET http://%[1]s/v1/sessions)
   curl -H "Authorization: DPoP $HANDLE" -H "DPoP: $PROOF" http://%[1]s/v1/sessions
 
 Access tokens live %[7]s here, so the broker refreshes them as you go.
@@ -202,18 +308,17 @@ func startDemoUpstream(issuer string) (*http.Server, string, error) {
 // PKCE pair, signs the demo user in at the development IdP the way the
 // system browser would, hands code and verifier to the broker and prints the
 // session handle.
-func devLogin(ctx context.Context, args []string, stdout io.Writer) error {
-	fs := flag.NewFlagSet("broker dev login", flag.ContinueOnError)
-	brokerURL := fs.String("broker", "http://"+devListen, "the broker's public URL")
-	issuer := fs.String("idp", "http://"+devIdPAddr, "the development IdP's issuer URL")
-	user := fs.String("user", devidp.DemoUsername, "username at the development IdP")
-	password := fs.String("password", devidp.DemoPassword, "password at the development IdP")
-	verbose := fs.Bool("v", false, "print the whole session response, not only the handle")
-	bind := fs.Bool("dpop", false, "bind the session to a new P-256 key (DPoP, RFC 9449), saved to -dpop-key for `broker dev proof`")
-	keyFile := fs.String("dpop-key", "dpop-key.json", "where -dpop saves the private key (a JWK, mode 0600)")
-	if err := fs.Parse(args); err != nil {
-		return errUsage
-	}
+type devLoginOptions struct {
+	broker, issuer, user, password string
+	verbose                        bool
+	// dpop binds the session to a new key saved to dpopKey.
+	dpop    bool
+	dpopKey string
+}
+
+func devLogin(ctx context.Context, o *devLoginOptions, stdout io.Writer) error {
+	brokerURL, issuer, user, password, verbose := &o.broker, &o.issuer, &o.user, &o.password, &o.verbose
+	bind, keyFile := &o.dpop, &o.dpopKey
 	verifier := oauth2.GenerateVerifier()
 	nonce := rand.Text()
 	code, err := devidp.Login(ctx, *issuer, devidp.DefaultClientID, devidp.LoginRequest{
@@ -274,12 +379,4 @@ func devLogin(ctx context.Context, args []string, stdout io.Writer) error {
 	}
 	fmt.Fprintln(stdout, created.Session)
 	return nil
-}
-
-// redisLogger routes go-redis's own messages (reconnects, pool problems) to
-// the broker's log.
-type redisLogger struct{ log *slog.Logger }
-
-func (l redisLogger) Printf(ctx context.Context, format string, v ...any) {
-	l.log.WarnContext(ctx, "redis: "+fmt.Sprintf(format, v...))
 }

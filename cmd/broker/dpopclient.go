@@ -1,3 +1,5 @@
+//go:build !nodev
+
 package main
 
 import (
@@ -8,15 +10,14 @@ import (
 	"encoding/base64"
 	"encoding/json"
 	"errors"
-	"flag"
 	"fmt"
-	"io"
 	"net/url"
 	"os"
 	"strings"
 	"time"
 
 	"github.com/go-jose/go-jose/v4"
+	"github.com/spf13/cobra"
 )
 
 // The app's side of DPoP (RFC 9449), as `broker dev login --dpop` and
@@ -107,24 +108,29 @@ func loadDPoPKey(path string) (*dpopKey, error) {
 	return &dpopKey{priv: priv}, nil
 }
 
-// devProof prints a DPoP proof for one request, signed with a key saved by
-// `broker dev login -dpop`: `broker dev proof -key FILE -handle H METHOD URL`.
-func devProof(args []string, stdout io.Writer) error {
-	fs := flag.NewFlagSet("broker dev proof", flag.ContinueOnError)
-	keyFile := fs.String("key", "dpop-key.json", "the key saved by `broker dev login -dpop`")
-	handle := fs.String("handle", "", "the session handle the proof goes with (its hash is the ath claim)")
-	nonce := fs.String("nonce", "", "the broker's DPoP-Nonce, when it asked for one (use_dpop_nonce)")
-	if err := fs.Parse(args); err != nil || fs.NArg() != 2 {
-		return errUsage
+// newDevProofCommand is `broker dev proof`: it prints a DPoP proof for one
+// request, signed with a key saved by `broker dev login --dpop`.
+func newDevProofCommand(a *app) *cobra.Command {
+	var keyFile, handle, nonce string
+	c := &cobra.Command{
+		Use:   "proof METHOD URL",
+		Short: "Print a DPoP proof for one request, signed with the key of `broker dev login --dpop`",
+		Args:  cobra.ExactArgs(2),
+		RunE: func(_ *cobra.Command, args []string) error {
+			key, err := loadDPoPKey(keyFile)
+			if err != nil {
+				return err
+			}
+			proof, err := key.proof(strings.ToUpper(args[0]), args[1], handle, nonce, time.Now())
+			if err != nil {
+				return err
+			}
+			_, err = fmt.Fprintln(a.stdout, proof)
+			return err
+		},
 	}
-	key, err := loadDPoPKey(*keyFile)
-	if err != nil {
-		return err
-	}
-	proof, err := key.proof(strings.ToUpper(fs.Arg(0)), fs.Arg(1), *handle, *nonce, time.Now())
-	if err != nil {
-		return err
-	}
-	_, err = fmt.Fprintln(stdout, proof)
-	return err
+	c.Flags().StringVar(&keyFile, "key", "dpop-key.json", "the key saved by `broker dev login --dpop`")
+	c.Flags().StringVar(&handle, "handle", "", "the session handle the proof goes with (its hash is the ath claim)")
+	c.Flags().StringVar(&nonce, "nonce", "", "the broker's DPoP-Nonce, when it asked for one (use_dpop_nonce)")
+	return c
 }

@@ -1,17 +1,7 @@
 // Command broker is the token broker for mobile apps: it redeems the app's
 // authorization code, keeps the tokens server-side and proxies API calls with
-// an opaque session handle.
-//
-//	broker serve       run the service (configuration from the environment)
-//	broker migrate     apply pending migrations of the session store
-//	broker rekey       reseal every session under the first encryption key
-//	                   (--remove-unreadable: end those that cannot be read)
-//	broker dev         run a self-contained development stack
-//	broker dev login   play the mobile app against `broker dev`
-//	                   (--dpop: bind the session to a new device key)
-//	broker dev proof   sign a DPoP proof with that key
-//	broker sessions    list, show and revoke sessions through the admin API
-//	broker audit       show the newest audit events through the admin API
+// an opaque session handle. `broker --help` lists its commands; commands.go
+// builds the command tree.
 package main
 
 import (
@@ -23,11 +13,15 @@ import (
 	"os"
 	"os/signal"
 	"syscall"
+
+	"github.com/redis/go-redis/v9"
 )
 
 func main() {
-	// Libraries that log through the default logger log JSON too.
+	// Libraries that log through the default logger log JSON too, and so
+	// does go-redis, from the first connection on.
 	slog.SetDefault(slog.New(slog.NewJSONHandler(os.Stderr, nil)))
+	redis.SetLogger(redisLogger{slog.Default()})
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	if err := run(ctx, os.Args[1:], os.Getenv, os.Stdout, os.Stderr); err != nil {
@@ -43,30 +37,22 @@ func main() {
 	}
 }
 
-var errUsage = errors.New("usage: broker serve | broker migrate | broker rekey [--remove-unreadable] | broker dev [login|proof] | broker sessions list|show|revoke | broker audit")
+// errUsage is what every mistake on the command line matches (see
+// usageError); main exits 2 on it.
+var errUsage = errors.New("usage error (see 'broker --help')")
 
-// run dispatches a subcommand. It returns instead of exiting so that tests
-// can drive the whole program.
+// run runs the command args name. It returns instead of exiting so that
+// tests can drive the whole program.
 func run(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error {
-	if len(args) == 0 {
-		return errUsage
-	}
-	switch args[0] {
-	case "serve":
-		return serve(ctx, getenv, stdout, stderr, nil)
-	case "migrate":
-		return migrate(ctx, getenv, stdout)
-	case "rekey":
-		return rekey(ctx, args[1:], getenv, stdout)
-	case "dev":
-		return devCommand(ctx, args[1:], getenv, stdout, stderr)
-	case "sessions":
-		return sessionsCommand(ctx, args[1:], getenv, stdout, stderr)
-	case "audit":
-		return auditCommand(ctx, args[1:], getenv, stdout, stderr)
-	case "help", "-h", "--help":
-		fmt.Fprintln(stdout, errUsage.Error())
-		return nil
-	}
-	return fmt.Errorf("unknown command %q: %w", args[0], errUsage)
+	root := newRootCommand(&app{getenv: getenv, stdout: stdout, stderr: stderr})
+	root.SetArgs(args)
+	return root.ExecuteContext(ctx)
+}
+
+// redisLogger routes go-redis's own messages (reconnects, pool problems) to
+// a JSON log.
+type redisLogger struct{ log *slog.Logger }
+
+func (l redisLogger) Printf(ctx context.Context, format string, v ...any) {
+	l.log.WarnContext(ctx, "redis: "+fmt.Sprintf(format, v...))
 }

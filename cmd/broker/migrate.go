@@ -15,6 +15,10 @@ import (
 // BROKER_REDIS_URL, and BROKER_ENCRYPTION_KEYS when a pending step converts
 // sealed session records.
 func migrate(ctx context.Context, getenv func(string) string, stdout io.Writer) error {
+	getenv, err := resolveEnv(getenv)
+	if err != nil {
+		return err
+	}
 	rdb, problem := redisFromEnv(getenv)
 	if problem != "" {
 		return &configError{problems: []string{problem}}
@@ -31,6 +35,9 @@ func migrate(ctx context.Context, getenv func(string) string, stdout io.Writer) 
 			return &configError{problems: []string{problem}}
 		}
 		opts.Records = sessions.New(rdb, keys, sessions.Options{})
+		// Brokers may serve the store meanwhile: convert what they wrote
+		// in the old layout before they saw the new version.
+		opts.Settle = migrations.Settle
 	}
 	res, err := migrations.Apply(ctx, rdb, opts)
 	reportUnreadable(stdout, res)

@@ -36,6 +36,18 @@ func rollBackToV1(t *testing.T, s *stack) {
 	if err := rdb.Del(ctx, shards...).Err(); err != nil {
 		t.Fatal(err)
 	}
+	recordsToV1(t, s)
+	if err := rdb.Set(ctx, migrations.VersionKey, 1, 0).Err(); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// recordsToV1 rewrites every session record of the store in record
+// version 1, as brokers of schema versions 1 and 2 wrote them.
+func recordsToV1(t *testing.T, s *stack) {
+	t.Helper()
+	ctx := context.Background()
+	rdb := s.redis.Client(t)
 	keys, err := sessions.ParseKeyring(s.env["BROKER_ENCRYPTION_KEYS"])
 	if err != nil {
 		t.Fatal(err)
@@ -74,9 +86,6 @@ func rollBackToV1(t *testing.T, s *stack) {
 		if err != nil {
 			t.Fatal(err)
 		}
-	}
-	if err := rdb.Set(ctx, migrations.VersionKey, 1, 0).Err(); err != nil {
-		t.Fatal(err)
 	}
 }
 

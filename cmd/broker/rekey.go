@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"flag"
 	"fmt"
 	"io"
 	"strings"
@@ -11,19 +10,15 @@ import (
 	"github.com/mobile-token-broker/broker/sessions"
 )
 
-const rekeySynopsis = "broker rekey [--remove-unreadable]"
-
 // rekey reseals every stored session under the first key of
 // BROKER_ENCRYPTION_KEYS, so that the keys after it can then be removed
 // without ending anyone's session. It needs only BROKER_REDIS_URL and
 // BROKER_ENCRYPTION_KEYS, and runs beside serving brokers. With
 // --remove-unreadable it ends the sessions that cannot be read, which the
 // serving brokers then audit.
-func rekey(ctx context.Context, args []string, getenv func(string) string, stdout io.Writer) error {
-	fs := flag.NewFlagSet("rekey", flag.ContinueOnError)
-	removeUnreadable := fs.Bool("remove-unreadable", false,
-		"end the sessions that cannot be read with BROKER_ENCRYPTION_KEYS (sealed under a key missing from it, or damaged); use the keys the brokers serve with")
-	if done, err := parseFlags(fs, "rekey", rekeySynopsis, args, stdout); done {
+func rekey(ctx context.Context, removeUnreadable bool, getenv func(string) string, stdout io.Writer) error {
+	getenv, err := resolveEnv(getenv)
+	if err != nil {
 		return err
 	}
 	var problems []string
@@ -45,10 +40,10 @@ func rekey(ctx context.Context, args []string, getenv func(string) string, stdou
 	if err := migrations.Check(ctx, rdb); err != nil {
 		return err
 	}
-	report, err := sessions.New(rdb, keys, sessions.Options{}).Rekey(ctx, sessions.RekeyOptions{RemoveUnreadable: *removeUnreadable})
+	report, err := sessions.New(rdb, keys, sessions.Options{}).Rekey(ctx, sessions.RekeyOptions{RemoveUnreadable: removeUnreadable})
 	fmt.Fprintf(stdout, "rekeyed %d sessions to key %q; %d already current; %d gone meanwhile; %d unreadable",
 		report.Rekeyed, keys.Primary(), report.Current, report.Gone, report.Unreadable)
-	if *removeUnreadable {
+	if removeUnreadable {
 		fmt.Fprintf(stdout, ", %d of them removed", report.Removed)
 	}
 	fmt.Fprintln(stdout)

@@ -10,6 +10,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"sync/atomic"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -24,6 +25,10 @@ import (
 	"github.com/mobile-token-broker/broker/migrations"
 	"github.com/mobile-token-broker/broker/sessions"
 )
+
+// errStoreNotChecked keeps the broker unready until the store's schema has
+// been checked.
+var errStoreNotChecked = errors.New("the session store's schema is not checked yet")
 
 // shutdownGrace is how long requests in flight may take after SIGTERM.
 const shutdownGrace = 30 * time.Second
@@ -48,36 +53,75 @@ type hooks struct {
 }
 
 func serve(ctx context.Context, getenv func(string) string, _, stderr io.Writer, h *hooks) error {
+	getenv, err := resolveEnv(getenv)
+	if err != nil {
+		return err
+	}
 	cfg, err := loadConfig(getenv, true)
 	if err != nil {
 		return err
 	}
 	log := slog.New(slog.NewJSONHandler(stderr, nil))
+	redis.SetLogger(redisLogger{log})
+	warnSettings(log, cfg, getenv)
 	rdb, err := sessions.NewClient(cfg.RedisURL)
 	if err != nil {
 		return fmt.Errorf("BROKER_REDIS_URL: %w", err)
 	}
 	defer rdb.Close()
-	if err := checkSchema(ctx, rdb, log); err != nil {
-		return err
-	}
 	return runBroker(ctx, cfg, rdb, cfg.EncryptionKeys.Keyring, log, h)
 }
 
-// checkSchema refuses a store whose key layout is not the one this broker
-// knows, waiting a little for a store that is still starting.
-func checkSchema(ctx context.Context, rdb redis.UniversalClient, log *slog.Logger) error {
-	deadline := time.Now().Add(30 * time.Second)
+// Waiting for the store at start.
+const (
+	// firstStoreCheck bounds the check of the store made before listening.
+	firstStoreCheck = 2 * time.Second
+	// storeRetry is how often an unreachable store is tried again: a store
+	// that comes up is in use within about this, plus go-redis's own pace
+	// of redialling (1 s).
+	storeRetry = 100 * time.Millisecond
+	// storeWarnEvery spaces the warnings about a store still unreachable.
+	storeWarnEvery = 30 * time.Second
+)
+
+// schemaMismatch reports an error of migrations.Check that waiting does not
+// cure: the store's layout is not the one this broker knows.
+func schemaMismatch(err error) bool {
+	return errors.Is(err, migrations.ErrStoreOlder) || errors.Is(err, migrations.ErrStoreNewer)
+}
+
+// checkStoreOnce checks the store's schema once, within firstStoreCheck.
+func checkStoreOnce(ctx context.Context, rdb redis.UniversalClient) error {
+	cctx, cancel := context.WithTimeout(ctx, firstStoreCheck)
+	defer cancel()
+	return migrations.Check(cctx, rdb)
+}
+
+// waitForStore checks the store's schema until it passes, then sets ready;
+// it returns the error of a schema mismatch, nil when it passed or ctx
+// ended. It never gives up on an unreachable store: an orchestrator sees
+// the broker unready (/readyz) meanwhile, not a crash loop.
+func waitForStore(ctx context.Context, rdb redis.UniversalClient, ready *atomic.Bool, log *slog.Logger) error {
+	lastWarn := time.Now()
 	for {
-		err := migrations.Check(ctx, rdb)
-		if err == nil || errors.Is(err, migrations.ErrStoreOlder) || errors.Is(err, migrations.ErrStoreNewer) || time.Now().After(deadline) {
-			return err
-		}
-		log.Warn("session store not reachable yet, retrying", "error", err)
 		select {
 		case <-ctx.Done():
-			return ctx.Err()
-		case <-time.After(time.Second):
+			return nil
+		case <-time.After(storeRetry):
+		}
+		err := checkStoreOnce(ctx, rdb)
+		switch {
+		case err == nil:
+			ready.Store(true)
+			log.Info("session store reachable")
+			return nil
+		case schemaMismatch(err):
+			return err
+		case ctx.Err() != nil:
+			return nil
+		case time.Since(lastWarn) >= storeWarnEvery:
+			lastWarn = time.Now()
+			log.Warn("session store still not reachable, retrying", "error", err)
 		}
 	}
 }
@@ -95,6 +139,19 @@ func runBroker(ctx context.Context, cfg *config, rdb redis.UniversalClient, keys
 	// the broker package's included.
 	log = slog.New(handlers.NewLogHandler(log.Handler()))
 	redis.SetLogger(redisLogger{log})
+	// A store that answers is checked before listening, so that one of
+	// another schema stops the broker before it takes traffic; one that
+	// does not answer yet is waited for in the background, the listeners
+	// and probes up meanwhile.
+	var storeReady atomic.Bool
+	switch err := checkStoreOnce(ctx, rdb); {
+	case err == nil:
+		storeReady.Store(true)
+	case schemaMismatch(err), ctx.Err() != nil:
+		return err
+	default:
+		log.Warn("session store not reachable yet: listening meanwhile, /readyz answers 503 until it is", "error", err)
+	}
 	tp, err := newTracerProvider(ctx, cfg)
 	if err != nil {
 		return err
@@ -113,8 +170,14 @@ func runBroker(ctx context.Context, cfg *config, rdb redis.UniversalClient, keys
 			h.tracerProvider(tp)
 		}
 	}
-	store := sessions.New(rdb, keys, sessions.Options{Now: h.now})
+	store := sessions.New(rdb, keys, sessions.Options{Now: h.now, Cache: cfg.cacheOptions(), Logger: log})
+	// After the service's background work, which reads the store, and
+	// before the Redis client closes.
+	defer store.Close()
 	metrics := handlers.NewMetrics()
+	if err := metrics.Register(cacheCollector{store.CacheStats}); err != nil {
+		return err
+	}
 	bcfg := broker.Config{
 		Issuer:       cfg.Issuer,
 		ClientID:     cfg.ClientID,
@@ -177,11 +240,16 @@ func runBroker(ctx context.Context, cfg *config, rdb redis.UniversalClient, keys
 		BackchannelRate:   handlers.Rate(cfg.RateBackchannel),
 		ClientIPv6Prefix:  int(cfg.ClientIPv6Prefix),
 		Bodies:            h.bodies,
-		Ping:              store.Ping,
-		AdminTokens:       cfg.AdminTokens,
-		Metrics:           metrics,
-		TracerProvider:    tracerProviderOrNil(tp),
-		Logger:            log,
+		Ping: func(ctx context.Context) error {
+			if !storeReady.Load() {
+				return errStoreNotChecked
+			}
+			return store.Ping(ctx)
+		},
+		AdminTokens:    cfg.AdminTokens,
+		Metrics:        metrics,
+		TracerProvider: tracerProviderOrNil(tp),
+		Logger:         log,
 	})
 	if err != nil {
 		return err
@@ -225,7 +293,7 @@ func runBroker(ctx context.Context, cfg *config, rdb redis.UniversalClient, keys
 	// Shutdown does not see hijacked connections: close the WebSocket
 	// tunnels when it begins, so clients reconnect to another replica.
 	servers[0].RegisterOnShutdown(proxy.CloseTunnels)
-	errc := make(chan error, 2)
+	errc := make(chan error, 3)
 	tlsOn := cfg.TLSCert != ""
 	go func() {
 		if tlsOn {
@@ -236,19 +304,30 @@ func runBroker(ctx context.Context, cfg *config, rdb redis.UniversalClient, keys
 		errc <- servers[0].Serve(public)
 	}()
 	go func() { errc <- servers[1].Serve(admin) }()
+	if !storeReady.Load() {
+		go func() {
+			if err := waitForStore(ctx, rdb, &storeReady, log); err != nil {
+				errc <- err
+			}
+		}()
+	}
 	log.Info("broker listening", "public", public.Addr().String(), "admin", admin.Addr().String(), "tls", tlsOn, "tracing", tp != nil, "issuer", cfg.Issuer, "routes", len(cfg.Routes))
 
+	var stopErr error
 	select {
 	case <-ctx.Done():
 	case err := <-errc:
 		cancel()
-		return fmt.Errorf("listener stopped: %w", err)
+		if !schemaMismatch(err) {
+			return fmt.Errorf("listener stopped: %w", err)
+		}
+		stopErr = err
 	}
 	log.Info("shutting down, finishing requests in flight", "grace", shutdownGrace)
 	graceEnd = time.Now().Add(shutdownGrace)
 	sctx, scancel := context.WithDeadline(context.WithoutCancel(ctx), graceEnd)
 	defer scancel()
-	var errs []error
+	errs := []error{stopErr}
 	for _, s := range servers {
 		if err := s.Shutdown(sctx); err != nil {
 			errs = append(errs, err)
