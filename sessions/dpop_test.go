@@ -76,6 +76,32 @@ func testDPoPBinding(t *testing.T, st *Store) {
 		})
 	}
 
+	// On a store one schema version behind, bearer sessions are written at
+	// record version 1 for the older brokers; a bound one stays at the
+	// current version, which binds its key and which brokers without DPoP
+	// cannot open.
+	if err := st.client.Set(ctx, SchemaVersionKey, SchemaRecordsV2-1, 0).Err(); err != nil {
+		t.Fatal(err)
+	}
+	behindBound, _ := testSession(t, time.Now(), "auth0|dpop", "")
+	behindBound.JKT = jkt
+	behindBearer, _ := testSession(t, time.Now(), "auth0|dpop", "")
+	mustCreate(t, st, behindBound)
+	mustCreate(t, st, behindBearer)
+	for _, c := range []struct {
+		id, version string
+	}{{behindBound.ID, recordVersion}, {behindBearer.ID, recordVersion1}} {
+		if v, err := st.client.HGet(ctx, sessionKey(c.id), fieldVersion).Result(); err != nil || v != c.version {
+			t.Errorf("record version of session %s on a store behind = %q, %v; want %q", c.id, v, err, c.version)
+		}
+	}
+	if got, err := st.Get(ctx, behindBound.ID); err != nil || got.JKT != jkt {
+		t.Errorf("Get of a bound session created on a store behind = %+v, %v; want JKT %q", got, err, jkt)
+	}
+	if err := st.client.Del(ctx, SchemaVersionKey).Err(); err != nil {
+		t.Fatal(err)
+	}
+
 	e, err := st.End(ctx, bound.ID, testEnd)
 	if err != nil {
 		t.Fatalf("End of a bound session = %v", err)
