@@ -35,11 +35,19 @@ RUN go mod download && go mod verify
 COPY . .
 # The production binary is built with the tag nodev: without the dev
 # command, the development IdP (and its demo password) and the embedded
-# Redis. `go run ./cmd/broker dev` from source keeps them.
+# Redis. `go run ./cmd/broker dev` from source keeps them. .git is not in
+# the build context, so the toolchain stamps no revision: the version,
+# revision and date that `broker version` prints are the build args the
+# labels carry, set at link time.
 ARG TARGETOS TARGETARCH
+ARG VERSION=dev
+ARG REVISION=""
+ARG CREATED=""
 RUN --mount=type=cache,target=/root/.cache/go-build \
     CGO_ENABLED=0 GOOS=$TARGETOS GOARCH=$TARGETARCH \
-    go build -tags nodev -trimpath -ldflags="-s -w" -o /out/broker ./cmd/broker && \
+    go build -tags nodev -trimpath \
+      -ldflags="-s -w -X 'main.version=${VERSION}' -X 'main.revision=${REVISION}' -X 'main.buildDate=${CREATED}'" \
+      -o /out/broker ./cmd/broker && \
     CGO_ENABLED=0 GOOS=$TARGETOS GOARCH=$TARGETARCH \
     go build -trimpath -ldflags="-s -w" -o /out/healthcheck ./deploy/healthcheck
 

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net/netip"
 	"slices"
 	"strconv"
 	"strings"
@@ -98,7 +99,7 @@ func (s *Service) RevokeUser(ctx context.Context, sub, actor string) (UserRevoca
 	if err != nil {
 		return UserRevocation{}, fmt.Errorf("list sessions: %w", err)
 	}
-	why := EndReason{Actor: actor, Action: ActionUserRevoke, Reason: "admin", RevokeAtIdP: true, Detail: "one of all the sessions of the user"}
+	why := EndReason{Actor: actor, Action: ActionUserRevoke, Reason: "user_revoke", RevokeAtIdP: true, Detail: "one of all the sessions of the user"}
 	var ended []*Ending
 	for _, sess := range list {
 		e, err := s.cfg.Store.End(ctx, sess.ID, why)
@@ -111,7 +112,7 @@ func (s *Service) RevokeUser(ctx context.Context, sub, actor string) (UserRevoca
 			s.settleAll(ctx, ended)
 			return UserRevocation{Revoked: len(ended)}, fmt.Errorf("end session: %w", err)
 		}
-		s.cfg.Metrics.Revocation("admin")
+		s.cfg.Metrics.Revocation(why.Reason)
 		ended = append(ended, e)
 	}
 	res := UserRevocation{Revoked: len(ended), IdPFailures: s.settleAll(ctx, ended)}
@@ -208,6 +209,10 @@ func (s *Service) SearchAudit(ctx context.Context, q AuditQuery) (AuditPage, err
 type SessionQuery struct {
 	Subject   string
 	SessionID string
+	// ClientIP, when set, keeps the sessions opened from this client
+	// address, or from an address of this prefix ("203.0.113.0/24"). A
+	// value that is neither selects nothing.
+	ClientIP string
 	// After is the cursor of the previous page's Next; "" starts at the
 	// newest.
 	After string
@@ -265,6 +270,76 @@ func (s *Service) SearchSessions(ctx context.Context, q SessionQuery) (SessionPa
 	if q.Limit < 1 {
 		q.Limit = 1
 	}
+	var keep func(*Session) bool
+	if q.ClientIP != "" {
+		if keep = clientIPMatcher(q.ClientIP); keep == nil {
+			return SessionPage{}, nil
+		}
+	}
+	if keep != nil && q.SessionID == "" && q.Subject == "" {
+		return s.searchRecentByIP(ctx, after, q.Limit, keep)
+	}
+	page, err := s.searchSessions(ctx, q, after)
+	if keep != nil {
+		page.Sessions = slices.DeleteFunc(page.Sessions, func(x *Session) bool { return !keep(x) })
+	}
+	return page, err
+}
+
+// maxIPSearchRounds bounds the store reads of one page of a search by
+// client address: each reads one page of the most recent sessions.
+const maxIPSearchRounds = 8
+
+// searchRecentByIP walks the most recent sessions, keeping those keep
+// selects, until it has limit of them or has made maxIPSearchRounds reads;
+// a short page then says where to go on.
+func (s *Service) searchRecentByIP(ctx context.Context, after SessionPosition, limit int, keep func(*Session) bool) (SessionPage, error) {
+	var out []*Session
+	for range maxIPSearchRounds {
+		page, next, err := s.cfg.Store.ListRecent(ctx, after, limit)
+		if err != nil {
+			return SessionPage{}, fmt.Errorf("list recent sessions: %w", err)
+		}
+		for _, sess := range page {
+			if keep(sess) {
+				out = append(out, sess)
+				if len(out) == limit {
+					return SessionPage{Sessions: out, Next: sessionCursor(PositionOf(sess))}, nil
+				}
+			}
+		}
+		if next.IsZero() {
+			return SessionPage{Sessions: out}, nil
+		}
+		after = next
+	}
+	return SessionPage{Sessions: out, Next: sessionCursor(after)}, nil
+}
+
+// clientIPMatcher returns a test of a session's client address against an
+// address or a prefix; nil when ip is neither.
+func clientIPMatcher(ip string) func(*Session) bool {
+	if p, err := netip.ParsePrefix(ip); err == nil {
+		p = p.Masked()
+		return func(sess *Session) bool {
+			a, err := netip.ParseAddr(sess.IP)
+			return err == nil && p.Contains(a.Unmap())
+		}
+	}
+	a, err := netip.ParseAddr(ip)
+	if err != nil {
+		return nil
+	}
+	a = a.Unmap()
+	return func(sess *Session) bool {
+		b, err := netip.ParseAddr(sess.IP)
+		return err == nil && b.Unmap() == a
+	}
+}
+
+// searchSessions is SearchSessions by session id, by subject or over all
+// sessions.
+func (s *Service) searchSessions(ctx context.Context, q SessionQuery, after SessionPosition) (SessionPage, error) {
 	switch {
 	case q.SessionID != "":
 		sess, err := s.Session(ctx, q.SessionID)

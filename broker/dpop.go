@@ -55,6 +55,9 @@ type DPoPConfig struct {
 	// ES256, ES384, ES512, PS256, PS384, PS512, RS256, RS384, RS512 and
 	// EdDSA; DefaultDPoPAlgorithms when empty.
 	Algorithms []string
+	// Metrics counts the DPoP decisions; when nil, Config.Metrics does if
+	// it implements DPoPMetrics.
+	Metrics DPoPMetrics
 	// Nonces seals and opens the server nonces (RFC 9449 section 8); every
 	// replica must hold the same keys, so that a nonce issued by one is
 	// accepted by all without a store lookup. Nil disables nonces: a proof
@@ -205,7 +208,10 @@ func newDPoP(cfg DPoPConfig, m Metrics) (*dpop, error) {
 	if err := errors.Join(errs...); err != nil {
 		return nil, err
 	}
-	d.metrics, _ = m.(DPoPMetrics)
+	d.metrics = cfg.Metrics
+	if d.metrics == nil {
+		d.metrics, _ = m.(DPoPMetrics)
+	}
 	return d, nil
 }
 

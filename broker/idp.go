@@ -26,6 +26,7 @@ type idp struct {
 	logoutVerifier *oidc.IDTokenVerifier
 	endpoint       oauth2.Endpoint
 	revocationURL  string
+	jwksURL        string
 	authStyle      oauth2.AuthStyle
 }
 
@@ -75,6 +76,7 @@ func (s *Service) Discover(ctx context.Context) error {
 			logoutVerifier:  oidc.NewVerifier(s.cfg.Issuer, keys, &refreshConf),
 			endpoint:        p.Endpoint(),
 			revocationURL:   dc.RevocationEndpoint,
+			jwksURL:         dc.JWKSURI,
 			authStyle:       s.authStyle(dc.TokenEndpointAuthMethods),
 		}
 		d.endpoint.AuthStyle = d.authStyle

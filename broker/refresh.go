@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"golang.org/x/oauth2"
@@ -76,6 +77,9 @@ const (
 type refreshOutcome struct {
 	tokens Tokens
 	gen    uint64
+	// adopted is set when the flight did not call the IdP but took what
+	// another replica's refresh stored.
+	adopted bool
 }
 
 // freshTokens returns tokens whose access token has at least RefreshSkew
@@ -111,7 +115,7 @@ func (s *Service) freshTokens(ctx context.Context, sess *Session) (Tokens, error
 	if !usable {
 		wait = expiredRefreshWait
 	}
-	ch, started := s.startRefresh(ctx, sess)
+	ch, led, started := s.startRefresh(ctx, sess)
 	if time.Since(started) >= wait {
 		// The refresh this request would join has already run longer than
 		// a request waits: the IdP is hanging.
@@ -121,13 +125,16 @@ func (s *Service) freshTokens(ctx context.Context, sess *Session) (Tokens, error
 	defer timer.Stop()
 	select {
 	case r := <-ch:
-		if r.Shared {
+		out, _ := r.Val.(refreshOutcome)
+		if !led.Load() || out.adopted {
+			// This request waited for a refresh that another one started,
+			// in this process or on another replica: the one that ran it
+			// counted its outcome.
 			s.cfg.Metrics.Refresh("coalesced")
 		}
 		if r.Err != nil {
 			return s.withoutRefresh(ctx, sess, r.Err)
 		}
-		out := r.Val.(refreshOutcome)
 		if !s.usable(out.tokens, s.cfg.Now()) {
 			return Tokens{}, wrap(CodeIdPUnavailable, errors.New("refreshed access token already expired"), "the identity provider issued an access token that has already expired")
 		}
@@ -154,13 +161,16 @@ func (s *Service) withoutRefresh(ctx context.Context, sess *Session, err error) 
 }
 
 // startRefresh joins or starts the process's refresh flight of a session and
-// reports when that flight started. The flight is detached from every
-// request: a request that stops waiting leaves it to finish and store its
-// result, and Close waits for it. It keeps the values of the request that
-// started it (its request id, for the logs).
-func (s *Service) startRefresh(reqCtx context.Context, sess *Session) (<-chan singleflight.Result, time.Time) {
+// reports when that flight started. led is set, before the result is sent,
+// when the flight is this call's own rather than one it joined. The flight
+// is detached from every request: a request that stops waiting leaves it to
+// finish and store its result, and Close waits for it. It keeps the values
+// of the request that started it (its request id, for the logs).
+func (s *Service) startRefresh(reqCtx context.Context, sess *Session) (_ <-chan singleflight.Result, led *atomic.Bool, _ time.Time) {
 	id, seen := sess.ID, sess.Generation
+	led = new(atomic.Bool)
 	ch := s.flight.DoChan("refresh:"+id, func() (any, error) {
+		led.Store(true)
 		s.flights.begin(id)
 		defer s.flights.done(id)
 		var out refreshOutcome
@@ -193,7 +203,7 @@ func (s *Service) startRefresh(reqCtx context.Context, sess *Session) (<-chan si
 	if !ok {
 		started = time.Now()
 	}
-	return ch, started
+	return ch, led, started
 }
 
 // errOtherReplicaSlow ends a wait for another replica's refresh.
@@ -209,7 +219,7 @@ func (s *Service) refresh(ctx context.Context, id string, seen uint64) (refreshO
 	deadline := time.Now().Add(waitForOther)
 	for {
 		if p, ok := s.pending.get(id); ok && p.gen > seen {
-			return refreshOutcome{p.tokens, p.gen}, nil
+			return refreshOutcome{p.tokens, p.gen, true}, nil
 		}
 		lease, ok, err := s.cfg.Locker.TryLock(ctx, id, s.cfg.LockTTL)
 		if err != nil {
@@ -231,7 +241,7 @@ func (s *Service) refresh(ctx context.Context, id string, seen uint64) (refreshO
 			return refreshOutcome{}, err
 		}
 		if sess.Generation > seen && s.usable(sess.Tokens, s.cfg.Now()) {
-			return refreshOutcome{sess.Tokens, sess.Generation}, nil
+			return refreshOutcome{sess.Tokens, sess.Generation, true}, nil
 		}
 	}
 }
@@ -266,7 +276,7 @@ func (s *Service) refreshHolding(ctx context.Context, id string, seen uint64, le
 		return refreshOutcome{}, err
 	}
 	if sess.Generation > seen && s.fresh(sess.Tokens, s.cfg.Now()) {
-		return refreshOutcome{sess.Tokens, sess.Generation}, nil
+		return refreshOutcome{sess.Tokens, sess.Generation, true}, nil
 	}
 	next, err := s.redeemRefresh(ctx, sess)
 	if errors.Is(err, errRefused) {
@@ -276,7 +286,7 @@ func (s *Service) refreshHolding(ctx context.Context, id string, seen uint64, le
 	if err != nil {
 		return refreshOutcome{}, err
 	}
-	out := refreshOutcome{next, sess.Generation + 1}
+	out := refreshOutcome{tokens: next, gen: sess.Generation + 1}
 	if l := keep.current(); l == nil {
 		err = ErrLeaseLost
 	} else {
@@ -303,7 +313,7 @@ func (s *Service) refreshHolding(ctx context.Context, id string, seen uint64, le
 		if err != nil {
 			return refreshOutcome{}, err
 		}
-		return refreshOutcome{stored.Tokens, stored.Generation}, nil
+		return refreshOutcome{tokens: stored.Tokens, gen: stored.Generation}, nil
 	}
 	// The store could not take the rotated tokens (unreachable, or the
 	// lease was lost): the old refresh token is spent, so these are the
@@ -384,7 +394,7 @@ func (s *Service) refused(ctx context.Context, sess *Session, cause error) (refr
 		}
 		if cur.Generation > sess.Generation {
 			s.log.InfoContext(ctx, "refresh refused, adopting the newer tokens another writer stored", "session_id", sess.ID, "generation", cur.Generation)
-			return refreshOutcome{cur.Tokens, cur.Generation}, nil
+			return refreshOutcome{cur.Tokens, cur.Generation, true}, nil
 		}
 		if time.Now().After(deadline) {
 			break
@@ -402,7 +412,7 @@ func (s *Service) refused(ctx context.Context, sess *Session, cause error) (refr
 		if err != nil {
 			return refreshOutcome{}, err
 		}
-		return refreshOutcome{cur.Tokens, cur.Generation}, nil
+		return refreshOutcome{cur.Tokens, cur.Generation, true}, nil
 	case err != nil && !errors.Is(err, ErrNotFound):
 		return refreshOutcome{}, fmt.Errorf("end a session whose refresh was refused: %w", err)
 	}

@@ -70,7 +70,13 @@ type Config struct {
 type Metrics interface {
 	Exchange(outcome string)
 	Refresh(outcome string) // "ok", "failed", "rejected", "coalesced"
+	// Revocation counts a session ended, by EndReason.Reason: "logout",
+	// "admin", "user_revoke", "backchannel_logout", "refresh_rejected",
+	// "expired".
 	Revocation(reason string)
+	// IdPRequest times one HTTP request to the IdP, to its response's
+	// headers, by endpoint and outcome (see IdPEndpoints, IdPOutcomes).
+	IdPRequest(endpoint, outcome string, elapsed time.Duration)
 }
 
 type noMetrics struct{}
@@ -171,6 +177,7 @@ func New(cfg Config) (*Service, error) {
 		cfg.Metrics = noMetrics{}
 	}
 	s := &Service{cfg: cfg, log: cfg.Logger, life: newLifecycle(), refreshClient: &refreshClient, dpop: dp}
+	s.instrumentIdP()
 	s.startWorker()
 	return s, nil
 }

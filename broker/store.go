@@ -150,7 +150,7 @@ const EndRetention = 24 * time.Hour
 type EndReason struct {
 	Actor  string // admin token name, "user", "idp" or "broker"
 	Action string // the audit action, one of the Action* constants
-	Reason string // the metric label: "logout", "admin", "expired", ...
+	Reason string // the metric label: "logout", "admin", "user_revoke", "expired", ... (see Metrics.Revocation)
 	Detail string // for the audit event
 	// RevokeAtIdP asks for the refresh token to be revoked (RFC 7009); not
 	// after the IdP's own back-channel logout or refusal of the token.

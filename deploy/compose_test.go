@@ -607,7 +607,8 @@ func TestDockerfile(t *testing.T) {
 			order = append(order, "copy sources")
 		case in[0] == "RUN" && strings.Contains(in[1], "go build"):
 			order = append(order, "build")
-			for _, want := range []string{"CGO_ENABLED=0", "-tags nodev", "-trimpath", `-ldflags="-s -w"`, "-o /out/broker ./cmd/broker"} {
+			for _, want := range []string{"CGO_ENABLED=0", "-tags nodev", "-trimpath", `-ldflags="-s -w `,
+				`-X 'main.version=${VERSION}'`, `-X 'main.revision=${REVISION}'`, `-X 'main.buildDate=${CREATED}'`, "-o /out/broker ./cmd/broker"} {
 				if !strings.Contains(in[1], want) {
 					t.Errorf("build command %q lacks %s", in[1], want)
 				}

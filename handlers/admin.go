@@ -13,6 +13,7 @@ import (
 
 	"github.com/labstack/echo/v4"
 
+	"github.com/mobile-token-broker/broker/api"
 	"github.com/mobile-token-broker/broker/broker"
 )
 
@@ -224,26 +225,10 @@ func pathParam(c echo.Context, name string) (string, error) {
 	return u, nil
 }
 
-// adminSession is a session as the admin API shows it: never its tokens,
-// handle or claims.
-type adminSession struct {
-	SessionID  string    `json:"session_id"`
-	Subject    string    `json:"sub"`
-	ClientID   string    `json:"client_id"`
-	CreatedAt  time.Time `json:"created_at"`
-	LastUsedAt time.Time `json:"last_used_at"`
-	ExpiresAt  time.Time `json:"expires_at"`
-	IP         string    `json:"ip"`
-	UserAgent  string    `json:"user_agent"`
-	// Unreadable flags a record that cannot be opened (a key missing from
-	// the keyring, damage, an edit): it works for nobody, and can be
-	// revoked. Its times are the record's clear-text ones, unauthenticated.
-	Unreadable bool `json:"unreadable,omitempty"`
-}
-
-func adminSessionOf(sess *broker.Session) adminSession {
+// adminSessionOf is a session as the admin API shows it.
+func adminSessionOf(sess *broker.Session) api.AdminSession {
 	if sess.Unreadable {
-		return adminSession{
+		return api.AdminSession{
 			SessionID:  sess.ID,
 			Subject:    sess.Subject,
 			ClientID:   sess.ClientID,
@@ -255,7 +240,7 @@ func adminSessionOf(sess *broker.Session) adminSession {
 			Unreadable: true,
 		}
 	}
-	return adminSession{
+	return api.AdminSession{
 		SessionID:  sess.ID,
 		Subject:    sess.Subject,
 		ClientID:   sess.ClientID,
@@ -265,36 +250,6 @@ func adminSessionOf(sess *broker.Session) adminSession {
 		IP:         sess.IP,
 		UserAgent:  sess.UserAgent,
 	}
-}
-
-type adminSessionList struct {
-	Sessions []adminSession `json:"sessions"`
-	// NextCursor is set by the search while more may follow.
-	NextCursor string `json:"next_cursor,omitempty"`
-}
-
-type userRevocationResponse struct {
-	Revoked               int `json:"revoked"`
-	IdPRevocationFailures int `json:"idp_revocation_failures"`
-}
-
-type auditEvent struct {
-	ID        string    `json:"id"`
-	Time      time.Time `json:"time"`
-	Actor     string    `json:"actor"`
-	Action    string    `json:"action"`
-	SessionID string    `json:"session_id"`
-	Subject   string    `json:"sub"`
-	Outcome   string    `json:"outcome"`
-	Detail    string    `json:"detail"`
-	IP        string    `json:"ip"`
-	UserAgent string    `json:"user_agent"`
-	RequestID string    `json:"request_id"`
-}
-
-type auditList struct {
-	Events     []auditEvent `json:"events"`
-	NextCursor string       `json:"next_cursor,omitempty"`
 }
 
 // errNoSuchSession is the 404 of an unknown, ended or malformed session id.
@@ -319,7 +274,7 @@ func (s *Server) userSessions(c echo.Context) error {
 	if err != nil {
 		return err
 	}
-	out := adminSessionList{Sessions: make([]adminSession, 0, len(list))}
+	out := api.SessionList{Sessions: make([]api.AdminSession, 0, len(list))}
 	for _, sess := range list {
 		out.Sessions = append(out.Sessions, adminSessionOf(sess))
 	}
@@ -369,7 +324,7 @@ func (s *Server) adminRevokeUser(c echo.Context) error {
 		return err
 	}
 	noStore(c)
-	return c.JSON(http.StatusOK, userRevocationResponse{Revoked: res.Revoked, IdPRevocationFailures: res.IdPFailures})
+	return c.JSON(http.StatusOK, api.UserRevocation{Revoked: res.Revoked, IdPRevocationFailures: res.IdPFailures})
 }
 
 // Bounds of the admin listings' query parameters.
@@ -456,7 +411,7 @@ func (s *Server) searchSessions(c echo.Context) error {
 	if err != nil {
 		return badCursor(err)
 	}
-	out := adminSessionList{Sessions: make([]adminSession, 0, len(page.Sessions)), NextCursor: page.Next}
+	out := api.SessionList{Sessions: make([]api.AdminSession, 0, len(page.Sessions)), NextCursor: page.Next}
 	for _, sess := range page.Sessions {
 		out.Sessions = append(out.Sessions, adminSessionOf(sess))
 	}
@@ -490,9 +445,9 @@ func (s *Server) adminAudit(c echo.Context) error {
 	if err != nil {
 		return badCursor(err)
 	}
-	out := auditList{Events: make([]auditEvent, 0, len(page.Events)), NextCursor: page.Next}
+	out := api.AuditList{Events: make([]api.AuditEvent, 0, len(page.Events)), NextCursor: page.Next}
 	for _, e := range page.Events {
-		out.Events = append(out.Events, auditEvent{
+		out.Events = append(out.Events, api.AuditEvent{
 			ID:        e.ID,
 			Time:      e.Time.UTC(),
 			Actor:     e.Actor,

@@ -73,10 +73,18 @@ func writeError(w http.ResponseWriter, err error) broker.Code {
 	return code
 }
 
+// BrokerErrorHeader marks a response as an error of the broker's own, not
+// an upstream's: every error response the broker renders carries it, with
+// the contract's error code as its value, and the proxy removes it from
+// every upstream response, so that an upstream cannot send it. An app
+// signs in again only on a 401 that carries it.
+const BrokerErrorHeader = "Broker-Error"
+
 // writeStatusError writes the JSON error body with an explicit status.
 func writeStatusError(w http.ResponseWriter, status int, code broker.Code, msg string) {
 	w.Header().Set("Content-Type", "application/json")
 	w.Header().Set("Cache-Control", "no-store")
+	w.Header()[BrokerErrorHeader] = []string{string(code)}
 	w.WriteHeader(status)
 	_ = json.NewEncoder(w).Encode(errorBody{Error: string(code), ErrorDescription: msg})
 }

@@ -22,6 +22,7 @@ import (
 // process-wide default, so that several brokers in one process (as in the
 // tests) keep their counts apart.
 type Metrics struct {
+	*dependencyMetrics
 	registry    *prometheus.Registry
 	requests    *prometheus.CounterVec
 	durations   *prometheus.HistogramVec
@@ -42,6 +43,25 @@ type Metrics struct {
 	// bounded by the routes, methods and statuses there are.
 	series   atomic.Pointer[map[seriesKey]requestSeries]
 	seriesMu sync.Mutex
+	// proxied holds the route patterns of the proxy, whose responses come
+	// from upstreams; it is set before the listeners serve (useProxyRoutes).
+	proxied map[string]bool
+}
+
+// The sources of a response in broker_http_requests_total.
+const (
+	sourceBroker   = "broker"
+	sourceUpstream = "upstream"
+)
+
+// useProxyRoutes tells m which route patterns are proxied.
+func (m *Metrics) useProxyRoutes(patterns ...string) {
+	if m.proxied == nil {
+		m.proxied = make(map[string]bool)
+	}
+	for _, p := range patterns {
+		m.proxied[p] = true
+	}
 }
 
 var _ broker.Metrics = (*Metrics)(nil)
@@ -49,6 +69,9 @@ var _ broker.Metrics = (*Metrics)(nil)
 type seriesKey struct {
 	listener, route, method string
 	status                  int
+	// brokerError is set when the broker rendered the response as an
+	// error of its own (BrokerErrorHeader).
+	brokerError bool
 }
 
 type requestSeries struct {
@@ -61,7 +84,7 @@ type requestSeries struct {
 var (
 	exchangeOutcomes  = []string{"ok", "rejected", "idp_unavailable", "store_unavailable"}
 	refreshOutcomes   = []string{"ok", "failed", "rejected", "coalesced"}
-	revocationReasons = []string{"logout", "admin", "backchannel_logout", "refresh_rejected"}
+	revocationReasons = []string{"logout", "admin", "user_revoke", "backchannel_logout", "refresh_rejected", "expired"}
 	errorCodes        = []broker.Code{
 		broker.CodeInvalidRequest, broker.CodeInvalidGrant, broker.CodeInvalidToken, broker.CodeNotFound,
 		broker.CodeRateLimited, broker.CodeUpstreamUnavailable, broker.CodeIdPUnavailable,
@@ -74,11 +97,12 @@ var (
 func NewMetrics() *Metrics {
 	reg := prometheus.NewRegistry()
 	m := &Metrics{
-		registry: reg,
+		dependencyMetrics: newDependencyMetrics(reg),
+		registry:          reg,
 		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "broker_http_requests_total",
-			Help: "HTTP requests answered, by listener (public or admin), route pattern (\"unmatched\" for no route), method and status.",
-		}, []string{"listener", "route", "method", "status"}),
+			Help: "HTTP requests answered, by listener (public or admin), route pattern (\"unmatched\" for no route), method, status (499: the client went away first) and source: upstream for a status an upstream answered through the proxy, broker for the broker's own answers.",
+		}, []string{"listener", "route", "method", "status", "source"}),
 		durations: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Name: "broker_http_request_duration_seconds",
 			Help: "Time from the request to the end of the response, by listener and route pattern; proxied responses count until the upstream's body is relayed.",
@@ -92,11 +116,11 @@ func NewMetrics() *Metrics {
 		}, []string{"outcome"}),
 		refreshes: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "broker_refreshes_total",
-			Help: "Access token refreshes, by outcome: ok, failed (IdP or store unavailable), rejected (the IdP ended the grant), coalesced (joined a refresh in flight).",
+			Help: "Access token refreshes, by outcome: ok, failed (IdP or store unavailable), rejected (the IdP ended the grant), coalesced (waited for a refresh that another request, on this replica or another, ran).",
 		}, []string{"outcome"}),
 		revocations: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "broker_revocations_total",
-			Help: "Sessions ended before their time, by reason.",
+			Name: "broker_sessions_ended_total",
+			Help: "Sessions ended, by reason: logout, admin (one session), user_revoke (all of a user's), backchannel_logout, refresh_rejected, expired (found past its idle or absolute end when used).",
 		}, []string{"reason"}),
 		errorsVec: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "broker_errors_total",
@@ -152,7 +176,12 @@ func NewMetrics() *Metrics {
 func (m *Metrics) Registry() *prometheus.Registry { return m.registry }
 
 // Exchange implements broker.Metrics.
-func (m *Metrics) Exchange(outcome string) { m.exchanges.WithLabelValues(outcome).Inc() }
+func (m *Metrics) Exchange(outcome string) {
+	m.exchanges.WithLabelValues(outcome).Inc()
+	if outcome == "ok" {
+		m.opened.Inc()
+	}
+}
 
 // Refresh implements broker.Metrics.
 func (m *Metrics) Refresh(outcome string) { m.refreshes.WithLabelValues(outcome).Inc() }
@@ -207,10 +236,11 @@ func (m *Metrics) observe(listener string) echo.MiddlewareFunc {
 				c.Error(err)
 			}
 			s := m.seriesOf(seriesKey{
-				listener: listener,
-				route:    c.Path(),
-				method:   methodLabel(c.Request().Method),
-				status:   c.Response().Status,
+				listener:    listener,
+				route:       c.Path(),
+				method:      methodLabel(c.Request().Method),
+				status:      responseStatus(c),
+				brokerError: len(c.Response().Header()[BrokerErrorHeader]) > 0,
 			})
 			s.count.Inc()
 			// The access log, which runs inside, took the duration.
@@ -236,8 +266,14 @@ func (m *Metrics) seriesOf(k seriesKey) requestSeries {
 	if route == "" {
 		route = "unmatched"
 	}
+	// A proxied route's response is the upstream's unless the broker
+	// answered it itself: an error it rendered, or a client that went away.
+	source := sourceBroker
+	if m.proxied[k.route] && !k.brokerError && k.status != statusClientClosed {
+		source = sourceUpstream
+	}
 	s := requestSeries{
-		count:    m.requests.WithLabelValues(k.listener, route, k.method, strconv.Itoa(k.status)),
+		count:    m.requests.WithLabelValues(k.listener, route, k.method, strconv.Itoa(k.status), source),
 		duration: m.durations.WithLabelValues(k.listener, route),
 	}
 	next := maps.Clone(cur)

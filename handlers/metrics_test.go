@@ -1,10 +1,13 @@
 package handlers
 
 import (
+	"context"
+	"errors"
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
 	"testing"
+	"time"
 
 	"github.com/labstack/echo/v4"
 	dto "github.com/prometheus/client_model/go"
@@ -108,6 +111,19 @@ func TestRequestMetricsDoNotAllocate(t *testing.T) {
 	}
 }
 
+// Redis commands are on the request path too: once a command's series
+// exists, timing it allocates nothing.
+func TestRedisMetricsDoNotAllocate(t *testing.T) {
+	m := NewMetrics()
+	m.RedisCommand("get", "ok", time.Millisecond)
+	allocs := testing.AllocsPerRun(1000, func() {
+		m.RedisCommand("get", "ok", time.Millisecond)
+	})
+	if allocs != 0 {
+		t.Errorf("timing a Redis command allocates %v times, want 0", allocs)
+	}
+}
+
 func TestBrokerMetrics(t *testing.T) {
 	m := NewMetrics()
 	var bm broker.Metrics = m
@@ -115,16 +131,62 @@ func TestBrokerMetrics(t *testing.T) {
 	bm.Refresh("ok")
 	bm.Refresh("coalesced")
 	bm.Revocation("admin")
+	if got := counterValue(t, m, "broker_sessions_opened_total", nil); got != 1 {
+		t.Errorf("broker_sessions_opened_total = %v after one exchange, want 1", got)
+	}
 	for _, c := range []struct {
 		family, label, value string
 	}{
 		{"broker_exchanges_total", "outcome", "ok"},
 		{"broker_refreshes_total", "outcome", "ok"},
 		{"broker_refreshes_total", "outcome", "coalesced"},
-		{"broker_revocations_total", "reason", "admin"},
+		{"broker_sessions_ended_total", "reason", "admin"},
 	} {
 		if got := counterValue(t, m, c.family, map[string]string{c.label: c.value}); got != 1 {
 			t.Errorf("%s{%s=%q} = %v, want 1", c.family, c.label, c.value, got)
 		}
+	}
+}
+
+// broker_sessions_active is read at scrape time, at most once per
+// activeSessionsMaxAge, and left out of a scrape whose read failed.
+func TestActiveSessionsGauge(t *testing.T) {
+	m := NewMetrics()
+	var calls int
+	var fail error
+	m.CountSessions(func(ctx context.Context) (int64, error) {
+		calls++
+		if _, ok := ctx.Deadline(); !ok {
+			t.Error("the count has no deadline")
+		}
+		return 7, fail
+	})
+	gauge := func() (float64, bool) {
+		t.Helper()
+		families, err := m.Registry().Gather()
+		if err != nil {
+			t.Fatalf("Gather: %v", err)
+		}
+		for _, f := range families {
+			if f.GetName() == "broker_sessions_active" {
+				return f.GetMetric()[0].GetGauge().GetValue(), true
+			}
+		}
+		return 0, false
+	}
+	for i := range 3 {
+		if v, ok := gauge(); !ok || v != 7 {
+			t.Fatalf("scrape %d: broker_sessions_active = %v (present %v), want 7", i, v, ok)
+		}
+	}
+	if calls != 1 {
+		t.Errorf("three scrapes within %v counted %d times, want 1", activeSessionsMaxAge, calls)
+	}
+
+	m = NewMetrics()
+	fail = errors.New("store unavailable")
+	m.CountSessions(func(context.Context) (int64, error) { return 0, fail })
+	if v, ok := gauge(); ok {
+		t.Errorf("broker_sessions_active = %v when the count failed, want it left out", v)
 	}
 }

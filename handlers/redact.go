@@ -66,7 +66,9 @@ func isBase64URL(c byte) bool {
 }
 
 // redactRecord returns r with redactHandles applied to its message and
-// every string it carries, or r itself when there is nothing to take out.
+// every string it carries, and every duration written as seconds (a
+// time.Duration would be written as integer nanoseconds), or r itself when
+// there is nothing to change.
 func redactRecord(r slog.Record) slog.Record {
 	dirty := hasSecretRun(r.Message)
 	r.Attrs(func(a slog.Attr) bool {
@@ -84,9 +86,12 @@ func redactRecord(r slog.Record) slog.Record {
 	return out
 }
 
+// attrHasSecretRun reports whether redactAttr would change a.
 func attrHasSecretRun(a slog.Attr) bool {
 	v := a.Value.Resolve()
 	switch v.Kind() {
+	case slog.KindDuration:
+		return true
 	case slog.KindString:
 		return hasSecretRun(v.String())
 	case slog.KindGroup:
@@ -106,6 +111,8 @@ func attrHasSecretRun(a slog.Attr) bool {
 func redactAttr(a slog.Attr) slog.Attr {
 	v := a.Value.Resolve()
 	switch v.Kind() {
+	case slog.KindDuration:
+		return slog.Float64(a.Key, v.Duration().Seconds())
 	case slog.KindString:
 		return slog.String(a.Key, redactHandles(v.String()))
 	case slog.KindGroup:

@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"strings"
 	"testing"
+	"time"
 )
 
 func TestSaneRequestID(t *testing.T) {
@@ -50,5 +51,22 @@ func TestLogHandlerAddsRequestID(t *testing.T) {
 	// Wrapping twice must not add the attribute twice.
 	if inner := NewLogHandler(slog.NewJSONHandler(&buf, nil)); NewLogHandler(inner) != inner {
 		t.Error("NewLogHandler wrapped its own handler again")
+	}
+}
+
+// A time.Duration would be written as integer nanoseconds: every duration
+// a log line carries, in a group or on the logger too, is written as
+// seconds.
+func TestLogHandlerWritesDurationsInSeconds(t *testing.T) {
+	var buf bytes.Buffer
+	log := slog.New(NewLogHandler(slog.NewJSONHandler(&buf, nil))).With("grace", 30*time.Second)
+	log.Info("durations", "expires_in", 1500*time.Millisecond, slog.Group("retry", "in", 2*time.Minute), "count", 3)
+	var m map[string]any
+	if err := json.Unmarshal(buf.Bytes(), &m); err != nil {
+		t.Fatal(err)
+	}
+	retry, _ := m["retry"].(map[string]any)
+	if m["grace"] != 30.0 || m["expires_in"] != 1.5 || retry["in"] != 120.0 || m["count"] != 3.0 {
+		t.Errorf("log line = %s, want grace 30, expires_in 1.5, retry.in 120 (seconds) and count 3", buf.String())
 	}
 }

@@ -23,6 +23,7 @@ func (s *Server) routes() {
 		h := s.cfg.Proxy.handlerFor(r)
 		pub.Any(r.Prefix, h, streamBody, s.limitInvalidHandles)
 		pub.Any(r.Prefix+"/*", h, streamBody, s.limitInvalidHandles)
+		s.metrics.useProxyRoutes(r.Prefix, r.Prefix+"/*")
 	}
 
 	adm := s.Admin
@@ -42,4 +43,6 @@ func (s *Server) routes() {
 	av1.GET("/sessions/:id", s.adminGetSession)
 	av1.DELETE("/sessions/:id", s.adminRevokeSession)
 	av1.GET("/audit", s.adminAudit)
+
+	s.mountConsole(adm)
 }

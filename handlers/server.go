@@ -16,6 +16,7 @@ import (
 	"go.opentelemetry.io/otel/trace"
 
 	"github.com/mobile-token-broker/broker/broker"
+	"github.com/mobile-token-broker/broker/console"
 )
 
 // maxBodyBytes caps request bodies on /v1/* (the contract's 64 KiB).
@@ -44,6 +45,9 @@ type Config struct {
 	Ping func(context.Context) error
 	// AdminTokens are the bearer tokens of the admin API; none closes it.
 	AdminTokens []AdminToken
+	// Console, when set, is served under /console/ on the admin listener,
+	// its sign-ins admitted with AdminTokens.
+	Console *console.Console
 	// Metrics receives the HTTP metrics and serves GET /metrics; pass the
 	// one given to broker.Config to have the domain's counts there too.
 	// Default: a new one with the HTTP metrics only.
@@ -118,7 +122,9 @@ func newEcho(log *slog.Logger) *echo.Echo {
 // the code of each error rendered.
 func errorRenderer(log *slog.Logger, rendered func(broker.Code)) echo.HTTPErrorHandler {
 	return func(err error, c echo.Context) {
-		if c.Response().Committed {
+		if c.Response().Committed || clientGone(c) {
+			// Nothing can be sent, or no one is left to read it: the
+			// request is counted and logged as statusClientClosed.
 			return
 		}
 		var he *echo.HTTPError
@@ -150,7 +156,7 @@ func errorRenderer(log *slog.Logger, rendered func(broker.Code)) echo.HTTPErrorH
 }
 
 // accessLog logs every request without its query, headers or body, which may
-// carry credentials.
+// carry credentials, with the client's address.
 func (s *Server) accessLog(next echo.HandlerFunc) echo.HandlerFunc {
 	return func(c echo.Context) error {
 		err := next(c)
@@ -164,11 +170,12 @@ func (s *Server) accessLog(next echo.HandlerFunc) echo.HandlerFunc {
 			st = &requestState{start: time.Now()}
 		}
 		st.elapsed = time.Since(st.start)
-		var buf [6]slog.Attr
+		var buf [8]slog.Attr
 		attrs := append(buf[:0],
 			slog.String("method", methodLabel(r.Method)),
 			slog.String("path", loggedPath(r.URL.Path)),
-			slog.Int("status", c.Response().Status),
+			slog.String("client", s.loggedClient(r)),
+			slog.Int("status", responseStatus(c)),
 			slog.Float64("duration_ms", float64(st.elapsed.Microseconds())/1000),
 			slog.Int64("bytes_out", c.Response().Size),
 		)
@@ -178,6 +185,45 @@ func (s *Server) accessLog(next echo.HandlerFunc) echo.HandlerFunc {
 		s.log.LogAttrs(r.Context(), slog.LevelInfo, "request", attrs...)
 		return nil
 	}
+}
+
+// statusClientClosed is the status the access log and the metrics give a
+// request whose client went away before its response began (nginx's 499):
+// no response is sent, and the broker's error is not rendered.
+const statusClientClosed = 499
+
+// clientGone reports whether the client of c cancelled its request: it
+// closed the connection, or reset the HTTP/2 stream.
+func clientGone(c echo.Context) bool {
+	if !errors.Is(c.Request().Context().Err(), context.Canceled) {
+		return false
+	}
+	// net/http also ends the context of an HTTP/1 request whose body read
+	// failed, as when the broker cut off a stalled body (see streamBody):
+	// that request is answered, with 400.
+	b, ok := c.Get(ctxBody).(*deadlineBody)
+	return !ok || !b.cutOff()
+}
+
+// responseStatus is the status of c's response as counted and logged:
+// statusClientClosed when the client went away before the response began.
+func responseStatus(c echo.Context) int {
+	res := c.Response()
+	if !res.Committed && clientGone(c) {
+		return statusClientClosed
+	}
+	return res.Status
+}
+
+// loggedClient is the client's address for the access log: the one the
+// rate limits use (see clientIP), behind BROKER_TRUSTED_PROXIES included.
+// Without trusted proxies it is the peer's host as the server saw it,
+// which costs no allocation.
+func (s *Server) loggedClient(r *http.Request) string {
+	if len(s.cfg.TrustedProxies) == 0 {
+		return remoteHost(r)
+	}
+	return clientIP(r, s.cfg.TrustedProxies)
 }
 
 // maxLoggedPath bounds the path a log line keeps of a request: the request

@@ -234,10 +234,13 @@ func (ts *tunnelSet) closeAll(cause error) {
 // when the broker did not ask it to.
 var errUnaskedUpgrade = errors.New("the upstream switched protocols without being asked to")
 
-// checkResponse starts the watch of a tunnel when the upstream switches
-// protocols. ReverseProxy itself refuses a 101 to another protocol than the
-// one asked for, and one that no request asked for.
+// checkResponse removes BrokerErrorHeader from an upstream's response, and
+// starts the watch of a tunnel when the upstream switches protocols.
+// ReverseProxy itself refuses a 101 to another protocol than the one asked
+// for, and one that no request asked for.
 func (p *Proxy) checkResponse(res *http.Response) error {
+	// Only the broker's own errors carry BrokerErrorHeader.
+	delete(res.Header, BrokerErrorHeader)
 	if res.StatusCode != http.StatusSwitchingProtocols {
 		return nil
 	}

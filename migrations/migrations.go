@@ -201,6 +201,11 @@ func Check(ctx context.Context, c redis.UniversalClient) error {
 	if err != nil {
 		return err
 	}
+	return Compatible(v)
+}
+
+// Compatible is Check of a version already read with Current.
+func Compatible(v int) error {
 	return compare(v)
 }
 

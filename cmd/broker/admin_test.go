@@ -68,6 +68,21 @@ type adminSession struct {
 	UserAgent  string    `json:"user_agent"`
 }
 
+// auditEvent is an event of the admin API's audit trail, its time as sent.
+type auditEvent struct {
+	ID        string `json:"id"`
+	Time      string `json:"time"`
+	Actor     string `json:"actor"`
+	Action    string `json:"action"`
+	SessionID string `json:"session_id"`
+	Sub       string `json:"sub"`
+	Outcome   string `json:"outcome"`
+	Detail    string `json:"detail"`
+	IP        string `json:"ip"`
+	UserAgent string `json:"user_agent"`
+	RequestID string `json:"request_id"`
+}
+
 // audit reads the newest audit events through the admin API of inst.
 func (s *stack) audit(inst *instance, limit string) ([]auditEvent, response) {
 	s.t.Helper()

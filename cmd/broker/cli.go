@@ -12,6 +12,8 @@ import (
 	"net/http"
 	"net/url"
 	"os"
+	"slices"
+	"strconv"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -20,6 +22,9 @@ import (
 
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
+
+	"github.com/mobile-token-broker/broker/api"
+	"github.com/mobile-token-broker/broker/broker"
 )
 
 // The operator commands `broker sessions` and `broker audit` are clients of
@@ -32,9 +37,15 @@ const (
 	adminTimeout = 30 * time.Second
 	// maxAdminBody bounds what the CLI reads of one admin API answer.
 	maxAdminBody = 16 << 20
-	// userAgentWidth is how much of a user agent the session table shows.
-	userAgentWidth    = 40
-	defaultAuditLimit = 50
+	// userAgentWidth is how much of a user agent the tables show.
+	userAgentWidth       = 40
+	defaultSessionsLimit = 100
+	defaultAuditLimit    = 50
+	// maxPageLimit is the admin API's bound on limit=, the size of a page.
+	maxPageLimit = 1000
+	// maxPages and maxItems bound what --all-pages follows.
+	maxPages = 1000
+	maxItems = 100_000
 )
 
 // apiError is a non-2xx answer of the admin API.
@@ -191,27 +202,97 @@ func isLoopback(host string) bool {
 	return ip != nil && ip.IsLoopback()
 }
 
-// session is one session as the admin API describes it. Times are kept as
-// sent, so that an unexpected format is shown rather than rejected.
-type session struct {
-	SessionID  string `json:"session_id"`
-	Sub        string `json:"sub"`
-	ClientID   string `json:"client_id"`
-	CreatedAt  string `json:"created_at"`
-	LastUsedAt string `json:"last_used_at"`
-	ExpiresAt  string `json:"expires_at"`
-	IP         string `json:"ip"`
-	UserAgent  string `json:"user_agent"`
+// pageFlags are the paging flags of the admin listings.
+type pageFlags struct {
+	limit    int
+	limitSet bool // --limit was given
+	cursor   string
+	all      bool
 }
 
-type auditEvent struct {
-	Time      string `json:"time"`
-	Actor     string `json:"actor"`
-	Action    string `json:"action"`
-	SessionID string `json:"session_id"`
-	Sub       string `json:"sub"`
-	Outcome   string `json:"outcome"`
-	Detail    string `json:"detail"`
+func (p *pageFlags) register(fs *pflag.FlagSet, what string, def int) {
+	fs.IntVar(&p.limit, "limit", def, fmt.Sprintf("how many %s a page holds, 1 to %d (with --all-pages: %d unless given)", what, maxPageLimit, maxPageLimit))
+	fs.StringVar(&p.cursor, "cursor", "", "start at this page: the next_cursor a previous page gave, with the same filters")
+	fs.BoolVar(&p.all, "all-pages", false, fmt.Sprintf("follow next_cursor to the last page, at most %d pages or %d %s", maxPages, maxItems, what))
+}
+
+// check validates the flags and sets limit= and cursor= in q.
+func (p *pageFlags) check(cmd string, q url.Values) error {
+	if p.all && !p.limitSet {
+		p.limit = maxPageLimit
+	}
+	if p.limit < 1 || p.limit > maxPageLimit {
+		return &usageError{cmd, fmt.Sprintf("--limit must be from 1 to %d, got %d", maxPageLimit, p.limit)}
+	}
+	q.Set("limit", strconv.Itoa(p.limit))
+	if p.cursor != "" {
+		q.Set("cursor", p.cursor)
+	}
+	return nil
+}
+
+// listing is what listPages read.
+type listing[T any] struct {
+	items []T
+	next  string // the cursor of the page after the last one read; "" at the end
+	pages int
+	first []byte // the body of the first page
+}
+
+// listPages reads path?q and, with all, the pages after it, up to maxPages
+// pages or maxItems items. decode reads one page's items and next cursor.
+func listPages[T any](ctx context.Context, c *adminClient, path string, q url.Values, all bool, decode func([]byte) ([]T, string, error)) (listing[T], error) {
+	var l listing[T]
+	for {
+		_, body, err := c.do(ctx, http.MethodGet, path+"?"+q.Encode())
+		if err != nil {
+			return l, err
+		}
+		items, next, err := decode(body)
+		if err != nil {
+			return l, fmt.Errorf("admin API: GET %s: the answer is not the expected JSON: %w", path, err)
+		}
+		if l.first == nil {
+			l.first = body
+		}
+		l.items, l.next = append(l.items, items...), next
+		l.pages++
+		if !all || next == "" || l.pages >= maxPages || len(l.items) >= maxItems {
+			return l, nil
+		}
+		q.Set("cursor", next)
+	}
+}
+
+// finish prints a listing's JSON (--json) or hands it to table, then says
+// how to go on when pages follow: a hint on stderr after one page, an
+// error when --all-pages reached its bound.
+func finish[T any](a *app, o *adminFlags, p *pageFlags, l listing[T], what string, whole func([]T, string) any, table func([]T) error) error {
+	var err error
+	switch {
+	case !o.json:
+		err = table(l.items)
+	case l.pages == 1:
+		err = writeJSON(a.stdout, l.first)
+	default:
+		// The pages merged into one answer of the API's shape.
+		var b bytes.Buffer
+		enc := json.NewEncoder(&b)
+		enc.SetEscapeHTML(false)
+		if err = enc.Encode(whole(l.items, l.next)); err == nil {
+			err = writeJSON(a.stdout, b.Bytes())
+		}
+	}
+	if err != nil || l.next == "" {
+		return err
+	}
+	if p.all {
+		return fmt.Errorf("--all-pages stopped after %d pages (%d %s), its bound; more follow: go on with --cursor %s", l.pages, len(l.items), what, l.next)
+	}
+	if !o.json {
+		fmt.Fprintf(a.stderr, "more %s follow: add --cursor %s for the next page, or --all-pages\n", what, l.next)
+	}
+	return nil
 }
 
 // sessionsCommand groups `broker sessions list|show|revoke`. Each leaf
@@ -232,53 +313,100 @@ one of the broker's admin tokens.`,
 }
 
 type sessionsListOptions struct {
-	admin adminFlags
-	sub   string
+	admin   adminFlags
+	page    pageFlags
+	sub, id string
 }
 
 func sessionsListCommand(a *app) *cobra.Command {
 	var o sessionsListOptions
 	cmd := &cobra.Command{
-		Use:   "list --sub SUB",
-		Short: "List a user's sessions",
+		Use:   "list [--sub SUB] [--id SESSION_ID]",
+		Short: "List live sessions, the newest first: every session, a user's, or one",
 		Args:  noArgs,
-		RunE:  func(c *cobra.Command, _ []string) error { return sessionsList(c.Context(), a, &o) },
+		RunE: func(c *cobra.Command, _ []string) error {
+			o.page.limitSet = c.Flags().Changed("limit")
+			if err := emptyFlags(c, "sub", "id"); err != nil {
+				return err
+			}
+			return sessionsList(c.Context(), a, &o)
+		},
 	}
 	o.admin.register(cmd.Flags())
-	cmd.Flags().StringVar(&o.sub, "sub", "", "the user's subject (the ID token's sub claim), as in 'auth0|123'")
+	o.page.register(cmd.Flags(), "sessions", defaultSessionsLimit)
+	cmd.Flags().StringVar(&o.sub, "sub", "", "only the sessions of this user: the subject (the ID token's sub claim), as in 'auth0|123'; without it, every user's")
+	cmd.Flags().StringVar(&o.id, "id", "", "only this session (its session_id, not the handle)")
 	return cmd
 }
 
 func sessionsList(ctx context.Context, a *app, o *sessionsListOptions) error {
 	const cmd = "sessions list"
-	if err := checkSub(cmd, o.sub); err != nil {
+	q := url.Values{}
+	if err := o.page.check(cmd, q); err != nil {
 		return err
+	}
+	if o.sub != "" {
+		q.Set("sub", o.sub)
+	}
+	if o.id != "" {
+		q.Set("session_id", o.id)
 	}
 	c, err := o.admin.client(cmd, a.getenv, a.stderr)
 	if err != nil {
 		return err
 	}
-	var out struct {
-		Sessions []session `json:"sessions"`
-	}
-	body, err := c.getJSON(ctx, "/admin/v1/users/"+url.PathEscape(o.sub)+"/sessions", &out)
+	l, err := listPages(ctx, c, "/admin/v1/sessions", q, o.page.all, func(body []byte) ([]api.AdminSession, string, error) {
+		var p api.SessionList
+		err := json.Unmarshal(body, &p)
+		return p.Sessions, p.NextCursor, err
+	})
 	if err != nil {
 		return err
 	}
-	if o.admin.json {
-		return writeJSON(a.stdout, body)
+	whole := func(items []api.AdminSession, next string) any {
+		return api.SessionList{Sessions: items, NextCursor: next}
 	}
-	if len(out.Sessions) == 0 {
-		fmt.Fprintf(a.stdout, "no sessions of user %s\n", printable(o.sub))
-		return nil
+	return finish(a, &o.admin, &o.page, l, "sessions", whole, func(list []api.AdminSession) error {
+		if len(list) == 0 && l.next == "" {
+			fmt.Fprintln(a.stdout, noSessions(o.sub, o.id))
+			return nil
+		}
+		tw := tabwriter.NewWriter(a.stdout, 0, 0, 2, ' ', 0)
+		fmt.Fprintln(tw, "SESSION ID\tSUB\tCREATED\tLAST USED\tEXPIRES\tIP\tUSER AGENT")
+		for _, s := range list {
+			id := cell(s.SessionID)
+			if s.Unreadable {
+				id += " (unreadable)"
+			}
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", id, cell(s.Subject), when(s.CreatedAt), when(s.LastUsedAt),
+				when(s.ExpiresAt), cell(s.IP), cell(truncate(s.UserAgent, userAgentWidth)))
+		}
+		return tw.Flush()
+	})
+}
+
+// noSessions says what an empty listing found nothing of.
+func noSessions(sub, id string) string {
+	switch {
+	case sub != "" && id != "":
+		return fmt.Sprintf("no live session %s of user %s", printable(id), printable(sub))
+	case sub != "":
+		return fmt.Sprintf("no sessions of user %s", printable(sub))
+	case id != "":
+		return fmt.Sprintf("no live session %s", printable(id))
 	}
-	tw := tabwriter.NewWriter(a.stdout, 0, 0, 2, ' ', 0)
-	fmt.Fprintln(tw, "SESSION ID\tCREATED\tLAST USED\tEXPIRES\tIP\tUSER AGENT")
-	for _, s := range out.Sessions {
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", cell(s.SessionID), when(s.CreatedAt), when(s.LastUsedAt),
-			when(s.ExpiresAt), cell(s.IP), cell(truncate(s.UserAgent, userAgentWidth)))
+	return "no sessions"
+}
+
+// emptyFlags refuses an optional filter given an empty value, which would
+// silently widen the filter to everything.
+func emptyFlags(c *cobra.Command, names ...string) error {
+	for _, name := range names {
+		if f := c.Flags().Lookup(name); f != nil && f.Changed && f.Value.String() == "" {
+			return &usageError{commandName(c), fmt.Sprintf("--%s is empty; leave it out to match every value", name)}
+		}
 	}
-	return tw.Flush()
+	return nil
 }
 
 type sessionsShowOptions struct {
@@ -308,7 +436,7 @@ func sessionsShow(ctx context.Context, a *app, o *sessionsShowOptions) error {
 	if err != nil {
 		return err
 	}
-	var s session
+	var s api.AdminSession
 	body, err := c.getJSON(ctx, "/admin/v1/sessions/"+url.PathEscape(o.id), &s)
 	if err != nil {
 		return err
@@ -317,16 +445,20 @@ func sessionsShow(ctx context.Context, a *app, o *sessionsShowOptions) error {
 		return writeJSON(a.stdout, body)
 	}
 	tw := tabwriter.NewWriter(a.stdout, 0, 0, 2, ' ', 0)
-	for _, row := range [][2]string{
+	rows := [][2]string{
 		{"SESSION ID", cell(s.SessionID)},
-		{"SUB", cell(s.Sub)},
+		{"SUB", cell(s.Subject)},
 		{"CLIENT ID", cell(s.ClientID)},
 		{"CREATED", when(s.CreatedAt)},
 		{"LAST USED", when(s.LastUsedAt)},
 		{"EXPIRES", when(s.ExpiresAt)},
 		{"IP", cell(s.IP)},
 		{"USER AGENT", cell(s.UserAgent)},
-	} {
+	}
+	if s.Unreadable {
+		rows = append(rows, [2]string{"UNREADABLE", "yes: no key opens the record; it works for nobody and can be revoked"})
+	}
+	for _, row := range rows {
 		fmt.Fprintf(tw, "%s\t%s\n", row[0], row[1])
 	}
 	return tw.Flush()
@@ -387,10 +519,7 @@ func sessionsRevoke(ctx context.Context, a *app, o *sessionsRevokeOptions) error
 	if err != nil {
 		return err
 	}
-	var out struct {
-		Revoked               int `json:"revoked"`
-		IdPRevocationFailures int `json:"idp_revocation_failures"`
-	}
+	var out api.UserRevocation
 	if err := json.Unmarshal(body, &out); err != nil {
 		return fmt.Errorf("admin API: DELETE %s: the answer is not the expected JSON: %w", path, err)
 	}
@@ -411,54 +540,147 @@ func sessionsRevoke(ctx context.Context, a *app, o *sessionsRevokeOptions) error
 }
 
 type auditOptions struct {
-	admin adminFlags
-	limit int
+	admin                                       adminFlags
+	page                                        pageFlags
+	action, actor, sub, sessionID, since, until string
 }
 
 func auditCommand(a *app) *cobra.Command {
 	var o auditOptions
 	cmd := &cobra.Command{
-		Use:     "audit",
-		Short:   "Show the newest audit events through the admin API",
+		Use:   "audit [filters]",
+		Short: "Show audit events through the admin API, the newest first",
+		Long: `Show the audit events matching every filter given, the newest first, a page
+at a time. --since and --until take an RFC 3339 time (2026-03-01T12:00:00Z)
+or a duration meaning that long ago (90m, 24h, 7d); --since is inclusive,
+--until exclusive.`,
 		GroupID: groupOperator,
 		Args:    noArgs,
-		RunE:    func(c *cobra.Command, _ []string) error { return audit(c.Context(), a, &o) },
+		RunE: func(c *cobra.Command, _ []string) error {
+			o.page.limitSet = c.Flags().Changed("limit")
+			if err := emptyFlags(c, "action", "actor", "sub", "session-id", "since", "until"); err != nil {
+				return err
+			}
+			return audit(c.Context(), a, &o)
+		},
 	}
 	o.admin.register(cmd.Flags())
-	cmd.Flags().IntVar(&o.limit, "limit", defaultAuditLimit, "how many events to show, newest first")
+	o.page.register(cmd.Flags(), "events", defaultAuditLimit)
+	fs := cmd.Flags()
+	fs.StringVar(&o.action, "action", "", "only events of this action: "+strings.Join(auditActions, ", "))
+	fs.StringVar(&o.actor, "actor", "", "only events of this actor: an admin token's name, user, idp, broker or unknown")
+	fs.StringVar(&o.sub, "sub", "", "only events of this user's sessions (the subject)")
+	fs.StringVar(&o.sessionID, "session-id", "", "only events of this session")
+	fs.StringVar(&o.since, "since", "", "only events at or after this time: RFC 3339, or a duration ago (24h, 7d)")
+	fs.StringVar(&o.until, "until", "", "only events before this time: RFC 3339, or a duration ago")
 	return cmd
+}
+
+// auditActions are the actions the broker writes (CONTRACT.md).
+var auditActions = []string{
+	broker.ActionSessionRevoke, broker.ActionUserRevoke, broker.ActionLogout, broker.ActionBackchannelLogout,
+	broker.ActionRefreshRejected, broker.ActionExpired, broker.ActionAdminDenied,
 }
 
 func audit(ctx context.Context, a *app, o *auditOptions) error {
 	const cmd = "audit"
-	if o.limit < 1 {
-		return &usageError{cmd, fmt.Sprintf("--limit must be at least 1, got %d", o.limit)}
+	q := url.Values{}
+	if err := o.page.check(cmd, q); err != nil {
+		return err
+	}
+	for name, v := range map[string]string{"action": o.action, "actor": o.actor, "sub": o.sub, "session_id": o.sessionID} {
+		if v != "" {
+			q.Set(name, v)
+		}
+	}
+	now := time.Now()
+	var since, until time.Time
+	for _, f := range []struct {
+		flag, value, param string
+		into               *time.Time
+	}{
+		{"--since", o.since, "since", &since},
+		{"--until", o.until, "until", &until},
+	} {
+		if f.value == "" {
+			continue
+		}
+		t, err := parseWhen(f.value, now)
+		if err != nil {
+			return &usageError{cmd, fmt.Sprintf("%s %q: %v", f.flag, f.value, err)}
+		}
+		*f.into = t
+		q.Set(f.param, t.UTC().Format(time.RFC3339Nano))
+	}
+	if !since.IsZero() && !until.IsZero() && !since.Before(until) {
+		return &usageError{cmd, fmt.Sprintf("--since (%s) must be before --until (%s)", since.UTC().Format(time.RFC3339), until.UTC().Format(time.RFC3339))}
 	}
 	c, err := o.admin.client(cmd, a.getenv, a.stderr)
 	if err != nil {
 		return err
 	}
-	var out struct {
-		Events []auditEvent `json:"events"`
+	// An action the broker does not write matches nothing; say so rather
+	// than let a typo pass for a quiet trail. A newer broker may write
+	// more, so the query still goes.
+	if o.action != "" && !slices.Contains(auditActions, o.action) {
+		fmt.Fprintf(a.stderr, "warning: --action %q is none of the actions the broker writes (%s)\n", printable(o.action), strings.Join(auditActions, ", "))
 	}
-	body, err := c.getJSON(ctx, "/admin/v1/audit?limit="+fmt.Sprint(o.limit), &out)
+	l, err := listPages(ctx, c, "/admin/v1/audit", q, o.page.all, func(body []byte) ([]api.AuditEvent, string, error) {
+		var p api.AuditList
+		err := json.Unmarshal(body, &p)
+		return p.Events, p.NextCursor, err
+	})
 	if err != nil {
 		return err
 	}
-	if o.admin.json {
-		return writeJSON(a.stdout, body)
+	whole := func(items []api.AuditEvent, next string) any {
+		return api.AuditList{Events: items, NextCursor: next}
 	}
-	if len(out.Events) == 0 {
-		fmt.Fprintln(a.stdout, "no audit events")
-		return nil
+	return finish(a, &o.admin, &o.page, l, "events", whole, func(events []api.AuditEvent) error {
+		if len(events) == 0 && l.next == "" {
+			fmt.Fprintln(a.stdout, "no audit events")
+			return nil
+		}
+		tw := tabwriter.NewWriter(a.stdout, 0, 0, 2, ' ', 0)
+		fmt.Fprintln(tw, "TIME\tACTOR\tACTION\tSESSION\tSUB\tOUTCOME\tIP\tUSER AGENT\tREQUEST ID\tDETAIL")
+		for _, e := range events {
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", when(e.Time), cell(e.Actor), cell(e.Action),
+				cell(e.SessionID), cell(e.Subject), cell(e.Outcome), cell(e.IP), cell(truncate(e.UserAgent, userAgentWidth)),
+				cell(e.RequestID), cell(e.Detail))
+		}
+		return tw.Flush()
+	})
+}
+
+// maxAgo bounds a relative --since or --until: beyond it, time.Duration
+// overflows and no audit event is that old anyway.
+const maxAgo = 100 * 365 * 24 * time.Hour
+
+// parseWhen reads a --since or --until value: an RFC 3339 time, or a
+// duration before now in Go's syntax (90m, 24h, 1h30m) or in whole days
+// (7d).
+func parseWhen(s string, now time.Time) (time.Time, error) {
+	if t, err := time.Parse(time.RFC3339Nano, s); err == nil {
+		return t, nil
 	}
-	tw := tabwriter.NewWriter(a.stdout, 0, 0, 2, ' ', 0)
-	fmt.Fprintln(tw, "TIME\tACTOR\tACTION\tSESSION\tSUB\tOUTCOME\tDETAIL")
-	for _, e := range out.Events {
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", when(e.Time), cell(e.Actor), cell(e.Action),
-			cell(e.SessionID), cell(e.Sub), cell(e.Outcome), cell(e.Detail))
+	var ago time.Duration
+	if days, ok := strings.CutSuffix(s, "d"); ok {
+		n, err := strconv.Atoi(days)
+		if err != nil || n < 0 || n > int(maxAgo/(24*time.Hour)) {
+			return time.Time{}, errors.New("want an RFC 3339 time (2026-03-01T12:00:00Z) or a duration ago (90m, 24h, 7d)")
+		}
+		ago = time.Duration(n) * 24 * time.Hour
+	} else {
+		d, err := time.ParseDuration(s)
+		if err != nil {
+			return time.Time{}, errors.New("want an RFC 3339 time (2026-03-01T12:00:00Z) or a duration ago (90m, 24h, 7d)")
+		}
+		ago = d
 	}
-	return tw.Flush()
+	if ago < 0 || ago > maxAgo {
+		return time.Time{}, fmt.Errorf("a duration ago must be from 0 to %dd", int(maxAgo/(24*time.Hour)))
+	}
+	return now.Add(-ago), nil
 }
 
 // checkSub rejects a subject that cannot name a user in a URL path: path
@@ -494,17 +716,9 @@ func writeJSON(w io.Writer, body []byte) error {
 	return err
 }
 
-// when formats an RFC 3339 time in UTC to the second; anything else is
-// shown as sent.
-func when(s string) string {
-	if s == "" {
-		return "-"
-	}
-	t, err := time.Parse(time.RFC3339Nano, s)
-	switch {
-	case err != nil:
-		return cell(s)
-	case t.IsZero():
+// when formats a time in UTC to the second; "-" for none.
+func when(t time.Time) string {
+	if t.IsZero() {
 		return "-"
 	}
 	return t.UTC().Format(time.RFC3339)

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"io"
 	"os/exec"
+	"path/filepath"
 	"runtime"
 	"runtime/debug"
 	"strings"
@@ -196,12 +197,74 @@ func TestVersion(t *testing.T) {
 		"  revision: 3e21da6c0ffee (with local modifications)\n" +
 		"  date:     2026-01-02T03:04:05Z\n" +
 		"  go:       go1.26.8\n"
-	if got := versionOf(bi).String(); got != want {
+	if got := versionOf(bi, linked{}).String(); got != want {
 		t.Errorf("version of a stamped build =\n%s\nwant\n%s", got, want)
 	}
 	bi.Settings = nil
-	if got := versionOf(bi).String(); !strings.Contains(got, "revision: unknown (built without VCS information)\n") || !strings.Contains(got, "date:     unknown\n") {
+	if got := versionOf(bi, linked{}).String(); !strings.Contains(got, "revision: unknown (built without VCS information)\n") || !strings.Contains(got, "date:     unknown\n") {
 		t.Errorf("version of a build without VCS information =\n%s", got)
+	}
+}
+
+// The values set with -ldflags -X win over the build information's, as in
+// the image, built without .git.
+func TestVersionPrefersLinkedValues(t *testing.T) {
+	stamped := &debug.BuildInfo{
+		GoVersion: "go1.26.8",
+		Main:      debug.Module{Path: "github.com/mobile-token-broker/broker", Version: "(devel)"},
+		Settings: []debug.BuildSetting{
+			{Key: "vcs.revision", Value: "3e21da6c0ffee"},
+			{Key: "vcs.time", Value: "2026-01-02T03:04:05Z"},
+			{Key: "vcs.modified", Value: "true"},
+		},
+	}
+	unstamped := &debug.BuildInfo{GoVersion: "go1.26.8", Main: debug.Module{Path: "github.com/mobile-token-broker/broker", Version: "(devel)"}}
+	release := linked{version: "0.1.0", revision: "a1b2c3d4", date: "2026-03-01T12:00:00Z"}
+	tests := []struct {
+		name string
+		bi   *debug.BuildInfo
+		l    linked
+		want buildVersion
+	}{
+		{"image: linked values only", unstamped, release,
+			buildVersion{Module: "github.com/mobile-token-broker/broker", Version: "0.1.0", Revision: "a1b2c3d4", Date: "2026-03-01T12:00:00Z", Go: "go1.26.8"}},
+		{"linked values over VCS stamping", stamped, release,
+			buildVersion{Module: "github.com/mobile-token-broker/broker", Version: "0.1.0", Revision: "a1b2c3d4", Date: "2026-03-01T12:00:00Z", Go: "go1.26.8"}},
+		{"linked revision equal to the stamped one keeps its local changes", stamped, linked{revision: "3e21da6c0ffee"},
+			buildVersion{Module: "github.com/mobile-token-broker/broker", Version: "(devel)", Revision: "3e21da6c0ffee", Date: "2026-01-02T03:04:05Z", Go: "go1.26.8", Modified: true}},
+		{"empty linked values leave the build information", stamped, linked{},
+			buildVersion{Module: "github.com/mobile-token-broker/broker", Version: "(devel)", Revision: "3e21da6c0ffee", Date: "2026-01-02T03:04:05Z", Go: "go1.26.8", Modified: true}},
+		{"only a version", unstamped, linked{version: "dev"},
+			buildVersion{Module: "github.com/mobile-token-broker/broker", Version: "dev", Go: "go1.26.8"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if got := versionOf(tt.bi, tt.l); got != tt.want {
+				t.Errorf("versionOf = %+v, want %+v", got, tt.want)
+			}
+		})
+	}
+}
+
+// The variable names the Dockerfile's -ldflags set are those version.go
+// reads: the linker ignores -X of a name that does not exist.
+func TestVersionLinkerFlags(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds the broker")
+	}
+	bin := filepath.Join(t.TempDir(), "broker")
+	ldflags := "-X main.version=9.8.7 -X main.revision=0123456789abcdef -X main.buildDate=2026-03-01T12:00:00Z"
+	if out, err := exec.Command("go", "build", "-tags", "nodev", "-buildvcs=false", "-ldflags", ldflags, "-o", bin, ".").CombinedOutput(); err != nil {
+		t.Fatalf("go build -ldflags %q: %v\n%s", ldflags, err, out)
+	}
+	out, err := exec.Command(bin, "version").CombinedOutput()
+	if err != nil {
+		t.Fatalf("broker version: %v\n%s", err, out)
+	}
+	for _, want := range []string{"broker 9.8.7\n", "  revision: 0123456789abcdef\n", "  date:     2026-03-01T12:00:00Z\n"} {
+		if !strings.Contains(string(out), want) {
+			t.Errorf("broker version of a build with -ldflags %q printed\n%s\nwant %q in it", ldflags, out, want)
+		}
 	}
 }
 

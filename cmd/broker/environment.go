@@ -186,6 +186,14 @@ func inconsistentSettings(cfg *config) []string {
 	return out
 }
 
+// warnUnknownVariables prints a warning line for each unknown variable, for
+// the one-shot commands (migrate, rekey) that print text rather than a log.
+func warnUnknownVariables(w io.Writer, getenv func(string) string) {
+	for _, msg := range unknownVariables(getenv) {
+		fmt.Fprintln(w, "warning: "+msg)
+	}
+}
+
 // warnSettings logs the unknown variables and the inconsistent settings.
 func warnSettings(log *slog.Logger, cfg *config, getenv func(string) string) {
 	for _, w := range unknownVariables(getenv) {

@@ -46,7 +46,7 @@ func TestMetrics(t *testing.T) {
 	for _, series := range []string{
 		`broker_exchanges_total{outcome="ok"}`,
 		`broker_refreshes_total{outcome="coalesced"}`,
-		`broker_revocations_total{reason="admin"}`,
+		`broker_sessions_ended_total{reason="admin"}`,
 		`broker_errors_total{code="store_unavailable"}`,
 	} {
 		if v, ok := before[series]; !ok || v != 0 {
@@ -74,14 +74,14 @@ func TestMetrics(t *testing.T) {
 	}{
 		{`broker_exchanges_total{outcome="ok"}`, 1},
 		{`broker_refreshes_total{outcome="ok"}`, 1},
-		{`broker_revocations_total{reason="logout"}`, 1},
+		{`broker_sessions_ended_total{reason="logout"}`, 1},
 		{`broker_errors_total{code="invalid_token"}`, 1},
 		{`broker_errors_total{code="not_found"}`, 1},
-		{`broker_http_requests_total{listener="public",method="POST",route="/v1/sessions",status="201"}`, 1},
-		{`broker_http_requests_total{listener="public",method="GET",route="/api/orders/*",status="200"}`, 1},
-		{`broker_http_requests_total{listener="public",method="GET",route="unmatched",status="404"}`, 1},
+		{`broker_http_requests_total{listener="public",method="POST",route="/v1/sessions",source="broker",status="201"}`, 1},
+		{`broker_http_requests_total{listener="public",method="GET",route="/api/orders/*",source="upstream",status="200"}`, 1},
+		{`broker_http_requests_total{listener="public",method="GET",route="unmatched",source="broker",status="404"}`, 1},
 		{`broker_http_request_duration_seconds_count{listener="public",route="/v1/sessions"}`, 1},
-		{`broker_http_requests_total{listener="admin",method="GET",route="/metrics",status="200"}`, 1},
+		{`broker_http_requests_total{listener="admin",method="GET",route="/metrics",source="broker",status="200"}`, 1},
 	}
 	for _, tt := range tests {
 		if got := after[tt.series]; got != tt.want {

@@ -14,7 +14,8 @@ import (
 // migrate applies the pending migrations of the session store. It needs
 // BROKER_REDIS_URL, and BROKER_ENCRYPTION_KEYS when a pending step converts
 // sealed session records.
-func migrate(ctx context.Context, getenv func(string) string, stdout io.Writer) error {
+func migrate(ctx context.Context, getenv func(string) string, stdout, stderr io.Writer) error {
+	warnUnknownVariables(stderr, getenv)
 	getenv, err := resolveEnv(getenv)
 	if err != nil {
 		return err

@@ -229,3 +229,38 @@ func TestMigrateReportsUnreadable(t *testing.T) {
 		t.Errorf("unreadable record at version %q after the migration, want it left at 1", v)
 	}
 }
+
+// TestMigrateAndRekeyWarnUnknownVariables: the one-shot service commands
+// name a misspelt BROKER_ variable on stderr as serve does in its log,
+// without its value, and still do their work.
+func TestMigrateAndRekeyWarnUnknownVariables(t *testing.T) {
+	ctx := context.Background()
+	srv := redistest.Start(t)
+	const value = "value-of-a-misspelt-variable"
+	t.Setenv("BROKER_ENCRYPTION_KEY", value)
+	env := map[string]string{
+		"BROKER_REDIS_URL":       srv.URL(),
+		"BROKER_ENCRYPTION_KEYS": "k1:" + randomKey(t),
+		"BROKER_ENCRYPTION_KEY":  value,
+	}
+	getenv := func(k string) string { return env[k] }
+	const want = "warning: BROKER_ENCRYPTION_KEY is not a setting of the broker and is ignored; did you mean BROKER_ENCRYPTION_KEYS?\n"
+	for _, args := range [][]string{{"migrate"}, {"rekey"}} {
+		var stdout, stderr strings.Builder
+		if err := run(ctx, args, getenv, &stdout, &stderr); err != nil {
+			t.Fatalf("broker %s = %v", args[0], err)
+		}
+		if stderr.String() != want {
+			t.Errorf("broker %s wrote %q on stderr, want %q", args[0], stderr.String(), want)
+		}
+		if strings.Contains(stdout.String()+stderr.String(), value) {
+			t.Errorf("broker %s printed the value of the unknown variable", args[0])
+		}
+	}
+	// Without the misspelt variable, no warning.
+	delete(env, "BROKER_ENCRYPTION_KEY")
+	var stderr strings.Builder
+	if err := run(ctx, []string{"migrate"}, getenv, io.Discard, &stderr); err != nil || stderr.String() != "" {
+		t.Errorf("broker migrate = %v, stderr %q; want no warning", err, stderr.String())
+	}
+}

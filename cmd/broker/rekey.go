@@ -16,7 +16,8 @@ import (
 // BROKER_ENCRYPTION_KEYS, and runs beside serving brokers. With
 // --remove-unreadable it ends the sessions that cannot be read, which the
 // serving brokers then audit.
-func rekey(ctx context.Context, removeUnreadable bool, getenv func(string) string, stdout io.Writer) error {
+func rekey(ctx context.Context, removeUnreadable bool, getenv func(string) string, stdout, stderr io.Writer) error {
+	warnUnknownVariables(stderr, getenv)
 	getenv, err := resolveEnv(getenv)
 	if err != nil {
 		return err

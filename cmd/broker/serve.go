@@ -21,6 +21,7 @@ import (
 	"go.opentelemetry.io/otel/trace"
 
 	"github.com/mobile-token-broker/broker/broker"
+	"github.com/mobile-token-broker/broker/console"
 	"github.com/mobile-token-broker/broker/handlers"
 	"github.com/mobile-token-broker/broker/migrations"
 	"github.com/mobile-token-broker/broker/sessions"
@@ -91,10 +92,23 @@ func schemaMismatch(err error) bool {
 }
 
 // checkStoreOnce checks the store's schema once, within firstStoreCheck.
-func checkStoreOnce(ctx context.Context, rdb redis.UniversalClient) error {
+// A store one version behind passes, as it is served, with a warning: it
+// still needs `broker migrate`.
+func checkStoreOnce(ctx context.Context, rdb redis.UniversalClient, log *slog.Logger) error {
 	cctx, cancel := context.WithTimeout(ctx, firstStoreCheck)
 	defer cancel()
-	return migrations.Check(cctx, rdb)
+	v, err := migrations.Current(cctx, rdb)
+	if err != nil {
+		return err
+	}
+	if err := migrations.Compatible(v); err != nil {
+		return err
+	}
+	if latest := migrations.Latest(); v < latest {
+		log.Warn(fmt.Sprintf("store schema version %d is one behind this broker's %d: served, writing the old layout; run `broker migrate` once no broker of the previous release serves it", v, latest),
+			"schema_version", v, "latest_schema_version", latest)
+	}
+	return nil
 }
 
 // waitForStore checks the store's schema until it passes, then sets ready;
@@ -109,7 +123,7 @@ func waitForStore(ctx context.Context, rdb redis.UniversalClient, ready *atomic.
 			return nil
 		case <-time.After(storeRetry):
 		}
-		err := checkStoreOnce(ctx, rdb)
+		err := checkStoreOnce(ctx, rdb, log)
 		switch {
 		case err == nil:
 			ready.Store(true)
@@ -144,7 +158,7 @@ func runBroker(ctx context.Context, cfg *config, rdb redis.UniversalClient, keys
 	// does not answer yet is waited for in the background, the listeners
 	// and probes up meanwhile.
 	var storeReady atomic.Bool
-	switch err := checkStoreOnce(ctx, rdb); {
+	switch err := checkStoreOnce(ctx, rdb, log); {
 	case err == nil:
 		storeReady.Store(true)
 	case schemaMismatch(err), ctx.Err() != nil:
@@ -178,6 +192,13 @@ func runBroker(ctx context.Context, cfg *config, rdb redis.UniversalClient, keys
 	if err := metrics.Register(cacheCollector{store.CacheStats}); err != nil {
 		return err
 	}
+	bv := readBuildVersion()
+	metrics.SetBuild(bv.Version, bv.Revision)
+	sessions.Instrument(rdb, metrics)
+	metrics.CountSessions(store.CountSessions)
+	// The security console's overview counts the last hour from the
+	// figures the service reports.
+	activity := console.NewActivity(metrics, h.now)
 	bcfg := broker.Config{
 		Issuer:       cfg.Issuer,
 		ClientID:     cfg.ClientID,
@@ -192,10 +213,10 @@ func runBroker(ctx context.Context, cfg *config, rdb redis.UniversalClient, keys
 		Replay:       store,
 		// Nonces are sealed under the session keyring, which every
 		// replica shares, so that any replica accepts any one's nonce.
-		DPoP:    broker.DPoPConfig{Mode: string(cfg.DPoP), Algorithms: cfg.DPoPAlgorithms, Nonces: keys},
+		DPoP:    broker.DPoPConfig{Mode: string(cfg.DPoP), Algorithms: cfg.DPoPAlgorithms, Nonces: keys, Metrics: metrics},
 		Logger:  log,
 		Now:     h.now,
-		Metrics: metrics,
+		Metrics: activity,
 	}
 	if h.service != nil {
 		h.service(&bcfg)
@@ -230,6 +251,17 @@ func runBroker(ctx context.Context, cfg *config, rdb redis.UniversalClient, keys
 	if err != nil {
 		return err
 	}
+	con, err := console.New(console.Config{
+		Service:        svc,
+		ActiveSessions: store.CountSessions,
+		Ping:           store.Ping,
+		Activity:       activity,
+		Now:            h.now,
+		Logger:         log,
+	})
+	if err != nil {
+		return err
+	}
 	srv, err := handlers.New(handlers.Config{
 		Service:           svc,
 		Proxy:             proxy,
@@ -247,6 +279,7 @@ func runBroker(ctx context.Context, cfg *config, rdb redis.UniversalClient, keys
 			return store.Ping(ctx)
 		},
 		AdminTokens:    cfg.AdminTokens,
+		Console:        con,
 		Metrics:        metrics,
 		TracerProvider: tracerProviderOrNil(tp),
 		Logger:         log,

@@ -42,7 +42,7 @@ step converts sealed session records.`,
 		GroupID: groupService,
 		Args:    noArgs,
 		RunE: func(c *cobra.Command, _ []string) error {
-			return migrate(c.Context(), ef.getenv(a.getenv), a.stdout)
+			return migrate(c.Context(), ef.getenv(a.getenv), a.stdout, a.stderr)
 		},
 	}
 	ef.add(cmd.Flags(), "BROKER_REDIS_URL")
@@ -61,7 +61,7 @@ BROKER_REDIS_URL and BROKER_ENCRYPTION_KEYS; runs beside serving brokers.`,
 		GroupID: groupService,
 		Args:    noArgs,
 		RunE: func(c *cobra.Command, _ []string) error {
-			return rekey(c.Context(), removeUnreadable, ef.getenv(a.getenv), a.stdout)
+			return rekey(c.Context(), removeUnreadable, ef.getenv(a.getenv), a.stdout, a.stderr)
 		},
 	}
 	cmd.Flags().BoolVar(&removeUnreadable, "remove-unreadable", false,

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"io"
 	"net/http"
 	"strings"
@@ -30,6 +31,9 @@ func TestRollingUpgradeServesWhileMigrating(t *testing.T) {
 	if err := first.stop(); err != nil {
 		t.Fatalf("stop: %v", err)
 	}
+	if w := schemaBehindWarnings(first.logs.String()); len(w) != 0 {
+		t.Errorf("a broker on a store at its own schema version warned %q, want no schema warning", w)
+	}
 	recordsToV1(t, s)
 	behind := migrations.Latest() - 1
 	if err := rdb.Set(ctx, migrations.VersionKey, behind, 0).Err(); err != nil {
@@ -39,6 +43,10 @@ func TestRollingUpgradeServesWhileMigrating(t *testing.T) {
 	inst, err := s.tryStart(nil)
 	if err != nil {
 		t.Fatalf("serve on a store at schema version %d (one behind) = %v, want it served", behind, err)
+	}
+	w := schemaBehindWarnings(inst.logs.String())
+	if len(w) != 1 || !strings.Contains(w[0], "run `broker migrate` once no broker of the previous release serves it") {
+		t.Errorf("serve on a store one schema version behind warned %q, want one WARN saying to run broker migrate", w)
 	}
 	requests := 0
 	get := func(phase string, c created) {
@@ -106,4 +114,17 @@ func TestRollingUpgradeServesWhileMigrating(t *testing.T) {
 		t.Errorf("upstream saw %d access tokens for %d sessions: no refresh ran", refreshed, len(logins))
 	}
 	t.Logf("%d proxied requests and %d logins during a migration of %s", during, duringLogins, strings.TrimSpace(out.String()))
+}
+
+// schemaBehindWarnings returns the WARN lines of logs about a store one
+// schema version behind.
+func schemaBehindWarnings(logs string) []string {
+	var out []string
+	for _, l := range strings.Split(logs, "\n") {
+		var e struct{ Level, Msg string }
+		if json.Unmarshal([]byte(l), &e) == nil && e.Level == "WARN" && strings.Contains(e.Msg, "is one behind this broker's") {
+			out = append(out, e.Msg)
+		}
+	}
+	return out
 }

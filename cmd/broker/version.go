@@ -6,25 +6,39 @@ import (
 	"strings"
 )
 
+// Set at link time where the build has no VCS to stamp from, as in the
+// image, whose build context leaves .git out (the Dockerfile passes its
+// VERSION, REVISION and CREATED build args):
+//
+//	go build -ldflags "-X main.version=0.1.0 -X main.revision=$(git rev-parse HEAD) -X main.buildDate=$(date -u +%Y-%m-%dT%H:%M:%SZ)" ./cmd/broker
+//
+// A value set here wins over the build information's.
+var version, revision, buildDate string
+
 // buildVersion describes the binary from the build information the Go
 // toolchain embeds: the module version (a tag, or a pseudo-version from the
 // VCS), and with VCS stamping (the default for `go build` in a checkout)
 // the revision, its commit time and whether the tree had local changes.
-// The date is the commit's, which keeps builds reproducible.
+// The date is the commit's, which keeps builds reproducible, unless the
+// linker set a build date.
 type buildVersion struct {
 	Module, Version, Revision, Date, Go string
 	Modified                            bool
 }
 
+// linked are the values set with -ldflags -X.
+type linked struct{ version, revision, date string }
+
 func readBuildVersion() buildVersion {
+	l := linked{version: version, revision: revision, date: buildDate}
 	bi, ok := debug.ReadBuildInfo()
 	if !ok {
-		return buildVersion{}
+		bi = &debug.BuildInfo{}
 	}
-	return versionOf(bi)
+	return versionOf(bi, l)
 }
 
-func versionOf(bi *debug.BuildInfo) buildVersion {
+func versionOf(bi *debug.BuildInfo, l linked) buildVersion {
 	v := buildVersion{Module: bi.Main.Path, Version: bi.Main.Version, Go: bi.GoVersion}
 	for _, s := range bi.Settings {
 		switch s.Key {
@@ -35,6 +49,17 @@ func versionOf(bi *debug.BuildInfo) buildVersion {
 		case "vcs.modified":
 			v.Modified = s.Value == "true"
 		}
+	}
+	if l.version != "" {
+		v.Version = l.version
+	}
+	if l.revision != "" {
+		// Local changes are known of the stamped revision only.
+		v.Modified = v.Modified && l.revision == v.Revision
+		v.Revision = l.revision
+	}
+	if l.date != "" {
+		v.Date = l.date
 	}
 	return v
 }
