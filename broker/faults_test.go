@@ -669,7 +669,7 @@ func TestUnreadableRecord(t *testing.T) {
 	if n := strings.Count(a.logs.String(), `"session_id":"`+lost.Session.ID+`"`); n != 1 {
 		t.Errorf("the unreadable record was logged %d times, want once", n)
 	}
-	if err := a.Logout(ctx, lost.Handle); err != nil {
+	if err := a.Logout(ctx, broker.Credential{Handle: lost.Handle}); err != nil {
 		t.Errorf("Logout of an unreadable record = %v, want nil", err)
 	}
 

@@ -218,7 +218,7 @@ func eventually(t *testing.T, timeout time.Duration, what string, cond func() bo
 
 // accessToken asks the replica for a fresh access token of handle.
 func accessToken(r *replica, handle string) (string, error) {
-	_, tok, err := r.AccessToken(context.Background(), handle)
+	_, tok, err := r.AccessToken(context.Background(), broker.Credential{Handle: handle})
 	return tok, err
 }
 

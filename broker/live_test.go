@@ -34,7 +34,7 @@ func TestSessionLive(t *testing.T) {
 		t.Errorf("SessionLive moved the last use from %v to %v; it must record no use", lastUsed, got)
 	}
 
-	if err := b.Logout(ctx, ns.Handle); err != nil {
+	if err := b.Logout(ctx, broker.Credential{Handle: ns.Handle}); err != nil {
 		t.Fatalf("Logout = %v", err)
 	}
 	if err := live(id); !errors.Is(err, broker.ErrInvalidToken) {

@@ -136,7 +136,7 @@ func TestIdPRequestOutcomes(t *testing.T) {
 	// A userinfo call the paused IdP does not answer within IdPTimeout;
 	// the access token is fresh, so no refresh comes first.
 	e.idp.Pause()
-	_, err := r.UserInfo(context.Background(), ns.Handle)
+	_, err := r.UserInfo(context.Background(), broker.Credential{Handle: ns.Handle})
 	e.idp.Resume()
 	if err == nil {
 		t.Fatal("UserInfo with the IdP paused succeeded")

@@ -52,7 +52,9 @@ type Config struct {
 	Store  Store
 	Locker Locker
 	Audit  AuditLog    // optional
-	Replay ReplayGuard // needed for back-channel logout
+	Replay ReplayGuard // needed for back-channel logout and DPoP
+	// DPoP configures device-bound sessions (RFC 9449, see dpop.go).
+	DPoP DPoPConfig
 
 	// HTTPClient calls the IdP; default one with IdPTimeout. The refresh
 	// grant uses a copy without the client-wide Timeout, bounded by
@@ -94,6 +96,7 @@ type Service struct {
 	flights    flights
 	pending    pendingTokens
 	unreadable unreadableSeen
+	dpop       *dpop
 	life       *lifecycle
 
 	// discoveryProblem says why discovery is failing, for the readiness
@@ -127,6 +130,10 @@ func New(cfg Config) (*Service, error) {
 	}
 	if cfg.Store == nil || cfg.Locker == nil {
 		errs = append(errs, errors.New("a store and a locker are required"))
+	}
+	dp, err := newDPoP(cfg.DPoP, cfg.Metrics)
+	if err != nil {
+		errs = append(errs, err)
 	}
 	if err := errors.Join(errs...); err != nil {
 		return nil, err
@@ -169,7 +176,7 @@ func New(cfg Config) (*Service, error) {
 	if cfg.Metrics == nil {
 		cfg.Metrics = noMetrics{}
 	}
-	s := &Service{cfg: cfg, log: cfg.Logger, life: newLifecycle(), refreshClient: &refreshClient}
+	s := &Service{cfg: cfg, log: cfg.Logger, life: newLifecycle(), refreshClient: &refreshClient, dpop: dp}
 	s.instrumentIdP()
 	s.startWorker()
 	return s, nil
@@ -183,6 +190,9 @@ type ExchangeRequest struct {
 	Nonce        string // optional; checked against the ID token when set
 	IP           string
 	UserAgent    string
+	// DPoP is the sign-in's proof, if any (RFC 9449 section 5): the
+	// session is then bound to its key.
+	DPoP ProofRequest
 }
 
 // NewSession is the result of a successful exchange. Handle is the only
@@ -210,6 +220,12 @@ func (s *Service) Exchange(ctx context.Context, req ExchangeRequest) (*NewSessio
 		return nil, Errorf(CodeInvalidRequest, "redirect_uri is required")
 	case !slices.Contains(s.cfg.RedirectURIs, req.RedirectURI):
 		return nil, Errorf(CodeInvalidRequest, "redirect_uri is not allowed")
+	}
+	// The proof is checked before the code is spent.
+	jkt, err := s.signInProof(ctx, req.DPoP)
+	if err != nil {
+		s.cfg.Metrics.Exchange("rejected")
+		return nil, err
 	}
 	// A code can be redeemed once: make sure the session can be stored
 	// before spending it, so that a store outage loses nothing.
@@ -261,12 +277,16 @@ func (s *Service) Exchange(ctx context.Context, req ExchangeRequest) (*NewSessio
 	sess.Generation = 1
 	sess.IP = truncate(req.IP, MaxIPLen)
 	sess.UserAgent = truncate(req.UserAgent, MaxUserAgentLen)
+	sess.JKT = jkt
 	if err := s.cfg.Store.Create(ctx, sess); err != nil {
 		s.cfg.Metrics.Exchange("store_unavailable")
 		s.revokeDetached(ctx, tok.RefreshToken, id)
 		return nil, fmt.Errorf("create session: %w", err)
 	}
 	s.cfg.Metrics.Exchange("ok")
+	if jkt != "" {
+		s.dpop.count("bound")
+	}
 	s.log.InfoContext(ctx, "session opened", "session_id", id, "sub", sess.Subject, "refreshable", sess.Tokens.RefreshToken != "")
 	return &NewSession{Handle: handle, Session: sess, IDToken: rawID}, nil
 }
@@ -334,11 +354,13 @@ func (s *Service) tokensFrom(tok *oauth2.Token, rawID string) Tokens {
 	}
 }
 
-// Authenticate resolves a handle to its live session and records the use.
-// Any handle that is malformed, unknown, ended, unreadable or whose secret
-// does not match gets ErrInvalidToken, so a caller cannot tell these apart.
-func (s *Service) Authenticate(ctx context.Context, handle string) (*Session, error) {
-	id, hash, ok := parseHandle(handle)
+// Authenticate resolves a credential to its live session and records the
+// use. Any handle that is malformed, unknown, ended, unreadable or whose
+// secret does not match gets ErrInvalidToken, so a caller cannot tell these
+// apart; a DPoP-bound session also needs a proof of its key (a *DPoPError
+// otherwise).
+func (s *Service) Authenticate(ctx context.Context, cred Credential) (*Session, error) {
+	id, hash, ok := parseHandle(cred.Handle)
 	if !ok {
 		return nil, ErrInvalidToken
 	}
@@ -348,6 +370,9 @@ func (s *Service) Authenticate(ctx context.Context, handle string) (*Session, er
 	}
 	if !sess.matches(hash) {
 		return nil, ErrInvalidToken
+	}
+	if err := s.checkCredential(ctx, sess, cred); err != nil {
+		return nil, err
 	}
 	now := s.cfg.Now()
 	if sess.Ended(now) {
@@ -391,10 +416,10 @@ func (s *Service) get(ctx context.Context, id string) (*Session, error) {
 	return nil, fmt.Errorf("get session: %w", err)
 }
 
-// AccessToken returns a fresh access token for the session of handle,
+// AccessToken returns a fresh access token for the session of a credential,
 // refreshing it first when it has less than RefreshSkew left.
-func (s *Service) AccessToken(ctx context.Context, handle string) (sessionID, accessToken string, err error) {
-	sess, err := s.Authenticate(ctx, handle)
+func (s *Service) AccessToken(ctx context.Context, cred Credential) (sessionID, accessToken string, err error) {
+	sess, err := s.Authenticate(ctx, cred)
 	if err != nil {
 		return "", "", err
 	}
@@ -405,11 +430,12 @@ func (s *Service) AccessToken(ctx context.Context, handle string) (sessionID, ac
 	return sess.ID, tok.AccessToken, nil
 }
 
-// Logout ends the session of handle and revokes its refresh token at the IdP.
-// An unknown, ended or unreadable handle is not an error: the outcome is the
-// same.
-func (s *Service) Logout(ctx context.Context, handle string) error {
-	id, hash, ok := parseHandle(handle)
+// Logout ends the session of a credential and revokes its refresh token at
+// the IdP. An unknown, ended or unreadable handle is not an error: the
+// outcome is the same. A DPoP-bound session ends only with a proof of its
+// key.
+func (s *Service) Logout(ctx context.Context, cred Credential) error {
+	id, hash, ok := parseHandle(cred.Handle)
 	if !ok {
 		return nil
 	}
@@ -422,6 +448,9 @@ func (s *Service) Logout(ctx context.Context, handle string) error {
 	case !sess.matches(hash):
 		return nil
 	}
+	if err := s.checkCredential(ctx, sess, cred); err != nil {
+		return err
+	}
 	_, err = s.end(ctx, id, EndReason{Actor: ActorUser, Action: ActionLogout, Reason: "logout", RevokeAtIdP: true})
 	if errors.Is(err, ErrNotFound) {
 		return nil
@@ -429,10 +458,11 @@ func (s *Service) Logout(ctx context.Context, handle string) error {
 	return err
 }
 
-// UserInfo fetches the IdP's userinfo response for the session of handle
-// with a fresh access token, as the raw JSON object the IdP returned.
-func (s *Service) UserInfo(ctx context.Context, handle string) ([]byte, error) {
-	sess, err := s.Authenticate(ctx, handle)
+// UserInfo fetches the IdP's userinfo response for the session of a
+// credential with a fresh access token, as the raw JSON object the IdP
+// returned.
+func (s *Service) UserInfo(ctx context.Context, cred Credential) ([]byte, error) {
+	sess, err := s.Authenticate(ctx, cred)
 	if err != nil {
 		return nil, err
 	}

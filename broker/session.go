@@ -27,6 +27,10 @@ type Session struct {
 	Claims map[string]any
 	// Tokens are encrypted at rest by the store.
 	Tokens Tokens
+	// JKT is the RFC 7638 SHA-256 thumbprint (base64url) of the public key
+	// the session is bound to (RFC 9449 section 6.1); empty for a bearer
+	// session.
+	JKT string
 	// Generation counts the stored token sets: 1 at creation, one more at
 	// every refresh that stored new tokens. Writers compare it to tell
 	// whether the tokens they read are still the current ones.

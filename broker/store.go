@@ -9,8 +9,8 @@ import (
 // Store keeps sessions. Implementations must hold the tokens encrypted at rest
 // and must not keep the handle (only Session.SecretHash). Every field that
 // grants access or decides how long a session lives (the secret hash, the
-// subject, sid, client id, generation, creation, last use, absolute expiry,
-// idle timeout and the tokens) is bound by the encryption: a record edited
+// subject, sid, client id, DPoP key thumbprint, generation, creation, last
+// use, absolute expiry, idle timeout and the tokens) is bound by the encryption: a record edited
 // in the backend by anyone without the keys fails to open and is reported
 // as unreadable, never as a session with the edited values.
 //

@@ -20,7 +20,7 @@ func status(code broker.Code) int {
 	switch code {
 	case broker.CodeInvalidRequest, broker.CodeInvalidGrant:
 		return http.StatusBadRequest
-	case broker.CodeInvalidToken:
+	case broker.CodeInvalidToken, broker.CodeInvalidDPoPProof, broker.CodeUseDPoPNonce:
 		return http.StatusUnauthorized
 	case broker.CodeNotFound:
 		return http.StatusNotFound
@@ -53,8 +53,12 @@ func writeError(w http.ResponseWriter, err error) broker.Code {
 		code, msg = broker.CodeRateLimited, "too many requests, retry later"
 		w.Header().Set("Retry-After", strconv.Itoa(max(rl.retryAfterSeconds, 1)))
 	}
+	st := status(code)
 	var missing *missingCredentialsError
+	var dpop *broker.DPoPError
 	switch {
+	case errors.As(err, &dpop):
+		st = writeDPoPChallenge(w, dpop)
 	case errors.As(err, &missing):
 		// RFC 6750 section 3.1: no error attribute when the request carried
 		// no credentials at all.
@@ -65,7 +69,7 @@ func writeError(w http.ResponseWriter, err error) broker.Code {
 	if code == broker.CodeInternal {
 		msg = "internal error"
 	}
-	writeStatusError(w, status(code), code, msg)
+	writeStatusError(w, st, code, msg)
 	return code
 }
 

@@ -34,6 +34,7 @@ type Metrics struct {
 	tunnelsOpen prometheus.Gauge
 	tunnelsDone *prometheus.CounterVec
 	refusedVec  *prometheus.CounterVec
+	dpop        *prometheus.CounterVec
 
 	// series caches the labelled request counter and histogram of each
 	// listener, route, method and status met, so that a request costs a
@@ -145,6 +146,7 @@ func NewMetrics() *Metrics {
 		m.requests, m.durations, m.exchanges, m.refreshes, m.revocations, m.errorsVec,
 		m.tunnelsOpen, m.tunnelsDone, m.refusedVec,
 	)
+	m.dpop = newDPoPCounter(reg)
 	// The admin listener has no per-client cap.
 	m.refusedVec.WithLabelValues("public", refusedMax)
 	m.refusedVec.WithLabelValues("public", refusedPerClient)

@@ -152,12 +152,13 @@ func checkUpstream(u *url.URL) error {
 // open WebSocket tunnel whether its session still lives.
 type AccessTokens interface {
 	// AccessToken returns the id and a currently valid access token of the
-	// session with the given handle, refreshing the token first when it is
+	// session of a credential (its handle, and its DPoP proof when the
+	// session is bound), refreshing the token first when it is
 	// about to expire. A malformed (empty included), unknown or ended handle
 	// yields an error with broker.CodeInvalidToken; other failures carry
 	// their contract code (idp_unavailable, store_unavailable...). Errors are
 	// rendered to the client as they are.
-	AccessToken(ctx context.Context, handle string) (sessionID, accessToken string, err error)
+	AccessToken(ctx context.Context, cred broker.Credential) (sessionID, accessToken string, err error)
 	// SessionLive returns nil while the session with the given id lives,
 	// an error with broker.CodeInvalidToken once it ended on any replica,
 	// and another error when that cannot be told.
@@ -366,11 +367,11 @@ func (p *Proxy) serve(c echo.Context, bound *Route) error {
 	if err != nil {
 		return err
 	}
-	handle, present := bearer(r)
+	cred, present := credential(r, p.trusted)
 	if !present {
 		return errNoHandle
 	}
-	sessionID, token, err := p.tokens.AccessToken(r.Context(), handle)
+	sessionID, token, err := p.tokens.AccessToken(r.Context(), cred)
 	if err != nil {
 		if broker.ErrorCode(err) == broker.CodeInternal {
 			p.log.ErrorContext(r.Context(), "access token lookup failed", "route", route.Prefix, "error", err)
@@ -478,6 +479,9 @@ func (p *Proxy) rewrite(pr *httputil.ProxyRequest) {
 	// Set replaces every Authorization header: the handle must never reach
 	// an upstream.
 	pr.Out.Header.Set("Authorization", "Bearer "+t.accessToken)
+	// The proof is the broker's to check; it names the broker's URL and
+	// hashes the handle, and is nothing the upstream can use.
+	pr.Out.Header.Del(dpopHeader)
 	setForwarded(pr.Out, pr.In, p.trusted)
 	if id := RequestID(pr.In.Context()); id != "" {
 		pr.Out.Header.Set(requestIDHeader, id)

@@ -32,7 +32,8 @@ const (
 // fakeTokens knows one good handle; the others fail the way the domain does.
 type fakeTokens struct{}
 
-func (fakeTokens) AccessToken(_ context.Context, handle string) (string, string, error) {
+func (fakeTokens) AccessToken(_ context.Context, cred broker.Credential) (string, string, error) {
+	handle := cred.Handle
 	switch handle {
 	case testHandle:
 		return testSessionID, testAccessToken, nil

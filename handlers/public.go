@@ -93,15 +93,21 @@ func (s *Server) createSession(c echo.Context) error {
 		Nonce:        req.Nonce,
 		IP:           clientIP(r, s.cfg.TrustedProxies),
 		UserAgent:    r.UserAgent(),
+		DPoP:         proofRequest(r, s.cfg.TrustedProxies),
 	})
 	if err != nil {
 		return err
 	}
 	setSessionID(c, ns.Session.ID)
 	noStore(c)
+	tokenType := "Bearer"
+	if ns.Session.JKT != "" {
+		// RFC 9449 section 5: the credential is bound to the proof's key.
+		tokenType = "DPoP"
+	}
 	return c.JSON(http.StatusCreated, createSessionResponse{
 		Session:   ns.Handle,
-		TokenType: "Bearer",
+		TokenType: tokenType,
 		SessionID: ns.Session.ID,
 		ExpiresAt: rfc3339(ns.Session.ExpiresAt()),
 		User:      ns.Session.Claims,
@@ -126,11 +132,11 @@ func (s *Server) getSession(c echo.Context) error {
 
 // userInfo relays the IdP's userinfo response (GET /v1/userinfo).
 func (s *Server) userInfo(c echo.Context) error {
-	handle, present := bearer(c.Request())
+	cred, present := credential(c.Request(), s.cfg.TrustedProxies)
 	if !present {
 		return errNoHandle
 	}
-	info, err := s.cfg.Service.UserInfo(c.Request().Context(), handle)
+	info, err := s.cfg.Service.UserInfo(c.Request().Context(), cred)
 	if err != nil {
 		return err
 	}
@@ -141,11 +147,11 @@ func (s *Server) userInfo(c echo.Context) error {
 // deleteSession logs out (DELETE /v1/session): 204 whether or not the handle
 // was live, 401 only when none was sent.
 func (s *Server) deleteSession(c echo.Context) error {
-	handle, present := bearer(c.Request())
+	cred, present := credential(c.Request(), s.cfg.TrustedProxies)
 	if !present {
 		return errNoHandle
 	}
-	if err := s.cfg.Service.Logout(c.Request().Context(), handle); err != nil {
+	if err := s.cfg.Service.Logout(c.Request().Context(), cred); err != nil {
 		return err
 	}
 	return c.NoContent(http.StatusNoContent)
@@ -153,11 +159,11 @@ func (s *Server) deleteSession(c echo.Context) error {
 
 // authenticate resolves the request's handle to its session.
 func (s *Server) authenticate(c echo.Context) (*broker.Session, error) {
-	handle, present := bearer(c.Request())
+	cred, present := credential(c.Request(), s.cfg.TrustedProxies)
 	if !present {
 		return nil, errNoHandle
 	}
-	sess, err := s.cfg.Service.Authenticate(c.Request().Context(), handle)
+	sess, err := s.cfg.Service.Authenticate(c.Request().Context(), cred)
 	if err != nil {
 		return nil, err
 	}

@@ -73,7 +73,8 @@ func (s *Server) limitInvalidHandles(next echo.HandlerFunc) echo.HandlerFunc {
 	return func(c echo.Context) error {
 		err := next(c)
 		var missing *missingCredentialsError
-		if err == nil || broker.ErrorCode(err) != broker.CodeInvalidToken || errors.As(err, &missing) {
+		code := broker.ErrorCode(err)
+		if err == nil || (code != broker.CodeInvalidToken && code != broker.CodeInvalidDPoPProof) || errors.As(err, &missing) {
 			return err
 		}
 		if lerr := s.limit(c, "invalid", s.cfg.InvalidHandleRate); lerr != nil {

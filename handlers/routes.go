@@ -9,6 +9,9 @@ func (s *Server) routes() {
 
 	v1 := pub.Group("/v1", limitBody)
 	v1.POST("/sessions", s.createSession, s.limitExchange)
+	v1.GET("/sessions", s.listOwnSessions, s.limitInvalidHandles)
+	v1.DELETE("/sessions", s.endOtherSessions, s.limitInvalidHandles)
+	v1.DELETE("/sessions/:id", s.endOwnSession, s.limitInvalidHandles)
 	v1.GET("/session", s.getSession, s.limitInvalidHandles)
 	v1.DELETE("/session", s.deleteSession)
 	v1.GET("/userinfo", s.userInfo, s.limitInvalidHandles)

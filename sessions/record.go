@@ -33,6 +33,12 @@ const (
 	fieldIdle       = "idle" // ms
 	fieldIP         = "ip"
 	fieldUA         = "ua"
+	// fieldJKT is the thumbprint of the key a DPoP-bound session is bound
+	// to; absent for a bearer session. It is bound into the additional
+	// data only when set, so that records written before it open as they
+	// did, while deleting or emptying it in a bound record makes the
+	// record unreadable, never unbound.
+	fieldJKT = "jkt"
 	// fieldLastUsedAt is a clear copy of the last use, read only by the
 	// touch script, so that a late touch never moves the last use back. A
 	// session's LastUsedAt always comes from the sealed fieldLU.
@@ -56,6 +62,7 @@ type binding struct {
 	sub, sid, clientID string
 	createdAt, absExp  int64 // Unix ms
 	idle               int64 // ms
+	jkt                string
 }
 
 func bindingOf(s *broker.Session) binding {
@@ -67,6 +74,7 @@ func bindingOf(s *broker.Session) binding {
 		createdAt:  s.CreatedAt.UnixMilli(),
 		absExp:     s.AbsoluteExpiry.UnixMilli(),
 		idle:       s.IdleTimeout.Milliseconds(),
+		jkt:        s.JKT,
 	}
 }
 
@@ -84,7 +92,14 @@ func (b binding) appendTo(dst []byte) []byte {
 	dst = appendString(dst, b.clientID)
 	dst = binary.BigEndian.AppendUint64(dst, uint64(b.createdAt))
 	dst = binary.BigEndian.AppendUint64(dst, uint64(b.absExp))
-	return binary.BigEndian.AppendUint64(dst, uint64(b.idle))
+	dst = binary.BigEndian.AppendUint64(dst, uint64(b.idle))
+	if b.jkt != "" {
+		// Only bound records have it: the additional data of a bearer
+		// record is as it was before DPoP, and that of a bound one is
+		// longer, so neither passes for the other.
+		dst = appendString(append(dst, fieldJKT...), b.jkt)
+	}
+	return dst
 }
 
 // fieldAAD binds a sealed value to its session and field: a value copied
@@ -218,7 +233,7 @@ func parseRecord(h map[string]string) (binding, uint64, error) {
 	if b.secretHash, err = hex.DecodeString(h[fieldSecretHash]); err != nil {
 		return binding{}, 0, fmt.Errorf("field %s is not hex", fieldSecretHash)
 	}
-	b.sub, b.sid, b.clientID = h[fieldSub], h[fieldSID], h[fieldClientID]
+	b.sub, b.sid, b.clientID, b.jkt = h[fieldSub], h[fieldSID], h[fieldClientID], h[fieldJKT]
 	for _, f := range []struct {
 		name string
 		to   *int64
@@ -251,6 +266,7 @@ func (s *Store) openRecord(id string, h map[string]string, sealed bool) (*broker
 		Subject:        b.sub,
 		SID:            b.sid,
 		ClientID:       b.clientID,
+		JKT:            b.jkt,
 		Generation:     gen,
 		CreatedAt:      time.UnixMilli(b.createdAt).UTC(),
 		AbsoluteExpiry: time.UnixMilli(b.absExp).UTC(),

@@ -105,7 +105,8 @@ func (s *Store) CacheStats() CacheStats {
 }
 
 // Create stores a new session at generation 1, at record version 1 on a
-// store one schema version behind (see writesVersion1), then adds it to the
+// store one schema version behind (see writesVersion1) unless it is
+// DPoP-bound, then adds it to the
 // subject's index, the expiry index and, if it has one, the sid's. The index
 // entries come second: a session missing from an index could escape a
 // revocation, while an index entry without a session is merely pruned later.
@@ -120,7 +121,11 @@ func (s *Store) Create(ctx context.Context, sess *broker.Session) error {
 	if err != nil {
 		return fmt.Errorf("create session: %w", err)
 	}
-	if v1 {
+	if v1 && sess.JKT == "" {
+		// A version 1 record cannot bind a DPoP key: a bound session is
+		// written at the current version, which brokers without DPoP
+		// cannot open, so that its handle never works there as a bearer
+		// credential.
 		return s.create(ctx, sess, s.version1Fields)
 	}
 	return s.create(ctx, sess, s.recordFields)
@@ -142,7 +147,7 @@ func (s *Store) recordFields(sess *broker.Session) ([]any, error) {
 	if err != nil {
 		return nil, err
 	}
-	return []any{
+	fields := []any{
 		fieldVersion, recordVersion,
 		fieldGen, 1,
 		fieldSecretHash, hex.EncodeToString(sess.SecretHash),
@@ -158,7 +163,11 @@ func (s *Store) recordFields(sess *broker.Session) ([]any, error) {
 		fieldClaims, claims,
 		fieldTok, tok,
 		fieldLU, lu,
-	}, nil
+	}
+	if sess.JKT != "" {
+		fields = append(fields, fieldJKT, sess.JKT)
+	}
+	return fields, nil
 }
 
 // create writes the record that fields returns, then indexes it (see

@@ -72,6 +72,7 @@ func runStoreSuite(t *testing.T, newStore func(t *testing.T) *Store) {
 	t.Run("UpgradeRecords", func(t *testing.T) { testUpgradeRecords(t, newStore(t)) })
 	t.Run("SchemaBehind", func(t *testing.T) { testSchemaBehind(t, newStore(t)) })
 	t.Run("Cache", func(t *testing.T) { runCacheSuite(t, newStore) })
+	t.Run("DPoPBinding", func(t *testing.T) { testDPoPBinding(t, newStore(t)) })
 }
 
 // testReadAfterChange reads a session repeatedly while its record changes

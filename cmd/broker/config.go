@@ -56,6 +56,9 @@ type config struct {
 	WebSocketRoutes        string   `env:"BROKER_WEBSOCKET_ROUTES"`
 	WebSocketMaxLifetime   duration `env:"BROKER_WEBSOCKET_MAX_LIFETIME"`
 	WebSocketCheckInterval duration `env:"BROKER_WEBSOCKET_CHECK_INTERVAL"`
+	// DPoP and DPoPAlgorithms configure device-bound sessions (RFC 9449).
+	DPoP           dpopMode       `env:"BROKER_DPOP" envDefault:"optional"`
+	DPoPAlgorithms dpopAlgorithms `env:"BROKER_DPOP_ALGORITHMS" envDefault:"ES256"`
 	// SessionCache keeps opened sessions in process, invalidated by Redis
 	// (see sessions.Store.Lookup); unset sizes take the sessions package's
 	// defaults.

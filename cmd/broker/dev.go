@@ -40,7 +40,8 @@ const (
 	devAccessTokenTTL = time.Minute
 )
 
-// addDevCommand adds `broker dev` and `broker dev login`; a build with
+// addDevCommand adds `broker dev`, `broker dev login` and `broker dev
+// proof`; a build with
 // -tags nodev leaves them out, and with them the development OpenID
 // Provider and the embedded store (nodev.go).
 func addDevCommand(root *cobra.Command, a *app) {
@@ -76,7 +77,10 @@ and the broker itself. For development only: never expose it.`,
 	login.Flags().StringVar(&lo.user, "user", devidp.DemoUsername, "username at the development IdP")
 	login.Flags().StringVar(&lo.password, "password", devidp.DemoPassword, "password at the development IdP")
 	login.Flags().BoolVarP(&lo.verbose, "verbose", "v", false, "print the whole session response, not only the handle")
+	login.Flags().BoolVar(&lo.dpop, "dpop", false, "bind the session to a new P-256 key (DPoP, RFC 9449), saved to --dpop-key for `broker dev proof`")
+	login.Flags().StringVar(&lo.dpopKey, "dpop-key", "dpop-key.json", "where --dpop saves the private key (a JWK, mode 0600)")
 	dev.AddCommand(login)
+	dev.AddCommand(newDevProofCommand(a))
 	root.AddCommand(dev)
 }
 
@@ -252,6 +256,13 @@ Play the mobile app (PKCE, browser login, code handed to the broker):
   curl -H "Authorization: Bearer $HANDLE" http://%[1]s/v1/session
   curl -X DELETE -H "Authorization: Bearer $HANDLE" http://%[1]s/v1/session
 
+The same with a session bound to a device key (DPoP), one proof per request:
+  HANDLE=$(go run ./cmd/broker dev login --dpop --dpop-key /tmp/dpop-key.json)
+  PROOF=$(go run ./cmd/broker dev proof --key /tmp/dpop-key.json --handle "$HANDLE" GET http://%[1]s/api/whoami)
+  curl -H "Authorization: DPoP $HANDLE" -H "DPoP: $PROOF" http://%[1]s/api/whoami
+  PROOF=$(go run ./cmd/broker dev proof --key /tmp/dpop-key.json --handle "$HANDLE" GET http://%[1]s/v1/sessions)
+  curl -H "Authorization: DPoP $HANDLE" -H "DPoP: $PROOF" http://%[1]s/v1/sessions
+
 Access tokens live %[7]s here, so the broker refreshes them as you go.
 `, public, admin, issuer, devidp.DemoUsername, adminToken, devidp.DemoPassword, devAccessTokenTTL)
 }
@@ -300,10 +311,14 @@ func startDemoUpstream(issuer string) (*http.Server, string, error) {
 type devLoginOptions struct {
 	broker, issuer, user, password string
 	verbose                        bool
+	// dpop binds the session to a new key saved to dpopKey.
+	dpop    bool
+	dpopKey string
 }
 
 func devLogin(ctx context.Context, o *devLoginOptions, stdout io.Writer) error {
 	brokerURL, issuer, user, password, verbose := &o.broker, &o.issuer, &o.user, &o.password, &o.verbose
+	bind, keyFile := &o.dpop, &o.dpopKey
 	verifier := oauth2.GenerateVerifier()
 	nonce := rand.Text()
 	code, err := devidp.Login(ctx, *issuer, devidp.DefaultClientID, devidp.LoginRequest{
@@ -324,6 +339,17 @@ func devLogin(ctx context.Context, o *devLoginOptions, stdout io.Writer) error {
 		return err
 	}
 	req.Header.Set("Content-Type", "application/json")
+	var key *dpopKey
+	if *bind {
+		if key, err = newDPoPKey(); err != nil {
+			return err
+		}
+		proof, err := key.proof(http.MethodPost, req.URL.String(), "", "", time.Now())
+		if err != nil {
+			return err
+		}
+		req.Header.Set("DPoP", proof)
+	}
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
 		return fmt.Errorf("POST /v1/sessions: %w", err)
@@ -335,6 +361,11 @@ func devLogin(ctx context.Context, o *devLoginOptions, stdout io.Writer) error {
 	}
 	if resp.StatusCode != http.StatusCreated {
 		return fmt.Errorf("POST /v1/sessions = %s: %s", resp.Status, raw)
+	}
+	if key != nil {
+		if err := key.save(*keyFile); err != nil {
+			return fmt.Errorf("save the DPoP key: %w", err)
+		}
 	}
 	if *verbose {
 		_, err := stdout.Write(append(raw, '\n'))

@@ -7,6 +7,7 @@ import (
 	"context"
 	"io"
 	"net/http"
+	"path/filepath"
 	"regexp"
 	"strings"
 	"testing"
@@ -58,6 +59,30 @@ func TestDevStack(t *testing.T) {
 	}
 	if res := doURL(t, http.MethodGet, "http://"+addrs[1]+"/readyz", "", nil, nil); res.status != http.StatusOK {
 		t.Errorf("/readyz = %d, want 200", res.status)
+	}
+
+	// `dev login --dpop` binds the session to a key it saves, and `dev
+	// proof` signs the proofs a bound handle needs.
+	keyFile := filepath.Join(t.TempDir(), "dpop-key.json")
+	handle.Reset()
+	if err := run(ctx, []string{"dev", "login", "--dpop", "--dpop-key", keyFile, "--broker", "http://" + addrs[0], "--idp", issuer[1]}, getenv, &handle, io.Discard); err != nil {
+		t.Fatalf("broker dev login --dpop: %v", err)
+	}
+	bound := strings.TrimSpace(handle.String())
+	if res := doURL(t, http.MethodGet, "http://"+addrs[0]+"/api/whoami", bound, nil, nil); res.status != http.StatusUnauthorized {
+		t.Errorf("GET /api/whoami with a bound handle as a bearer = %d, want 401", res.status)
+	}
+	for _, path := range []string{"/api/whoami", "/v1/sessions"} {
+		var proof bytes.Buffer
+		if err := run(ctx, []string{"dev", "proof", "--key", keyFile, "--handle", bound, "GET", "http://" + addrs[0] + path}, getenv, &proof, io.Discard); err != nil {
+			t.Fatalf("broker dev proof: %v", err)
+		}
+		res := doURL(t, http.MethodGet, "http://"+addrs[0]+path, "", nil, http.Header{
+			"Authorization": {"DPoP " + bound}, "Dpop": {strings.TrimSpace(proof.String())},
+		})
+		if res.status != http.StatusOK {
+			t.Errorf("GET %s with a proof of `broker dev proof` = %d %s, want 200", path, res.status, res.body)
+		}
 	}
 }
 

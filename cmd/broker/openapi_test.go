@@ -290,12 +290,17 @@ func (v *openAPIValidator) missing(want []string) []string {
 	return out
 }
 
-// bearerPresent accepts a request that sends "Authorization: Bearer" with a
-// token: whether the token is good is the broker's to say.
+// bearerPresent accepts a request that sends "Authorization: Bearer" (or
+// "Authorization: DPoP" for the dpop scheme) with a token: whether the
+// token is good is the broker's to say.
 func bearerPresent(_ context.Context, in *openapi3filter.AuthenticationInput) error {
 	h := in.RequestValidationInput.Request.Header.Get("Authorization")
-	if tok, ok := strings.CutPrefix(h, "Bearer "); !ok || tok == "" {
-		return fmt.Errorf("no bearer credentials for %s", in.SecuritySchemeName)
+	scheme := "Bearer "
+	if in.SecurityScheme != nil && strings.EqualFold(in.SecurityScheme.Scheme, "dpop") {
+		scheme = "DPoP "
+	}
+	if tok, ok := strings.CutPrefix(h, scheme); !ok || tok == "" {
+		return fmt.Errorf("no %scredentials for %s", scheme, in.SecuritySchemeName)
 	}
 	return nil
 }

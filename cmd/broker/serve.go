@@ -211,9 +211,12 @@ func runBroker(ctx context.Context, cfg *config, rdb redis.UniversalClient, keys
 		Locker:       store,
 		Audit:        store,
 		Replay:       store,
-		Logger:       log,
-		Now:          h.now,
-		Metrics:      activity,
+		// Nonces are sealed under the session keyring, which every
+		// replica shares, so that any replica accepts any one's nonce.
+		DPoP:    broker.DPoPConfig{Mode: string(cfg.DPoP), Algorithms: cfg.DPoPAlgorithms, Nonces: keys, Metrics: metrics},
+		Logger:  log,
+		Now:     h.now,
+		Metrics: activity,
 	}
 	if h.service != nil {
 		h.service(&bcfg)
