@@ -83,11 +83,13 @@ type sessionRow struct {
 	ID, Subject, ClientID, IP, UserAgent string
 	Created, LastUsed, Expires           time.Time
 	Unreadable                           bool
+	// DPoP reports a session bound to its device's key.
+	DPoP bool
 }
 
 func rowOf(s *broker.Session) sessionRow {
 	r := sessionRow{ID: s.ID, Subject: s.Subject, ClientID: s.ClientID, IP: s.IP, UserAgent: s.UserAgent,
-		Created: s.CreatedAt, LastUsed: s.LastUsedAt, Expires: s.ExpiresAt(), Unreadable: s.Unreadable}
+		Created: s.CreatedAt, LastUsed: s.LastUsedAt, Expires: s.ExpiresAt(), Unreadable: s.Unreadable, DPoP: s.JKT != ""}
 	if s.Unreadable {
 		// Only the record's clear-text times are known.
 		r.LastUsed, r.Expires = time.Time{}, s.AbsoluteExpiry

@@ -99,6 +99,24 @@ func (b *browser) count(sel string) int {
 	return len(browse(b, "count "+sel, chromedp.EvaluateAsDevTools[[]int](fmt.Sprintf("Array.from(document.querySelectorAll(%q)).map(() => 1)", sel))))
 }
 
+// awaitURL waits until the page's address contains part: a form that
+// leads to a page like the one it was sent from is only seen to have
+// arrived by its address.
+func (b *browser) awaitURL(part string) {
+	b.t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		href := browse(b, "read the address", chromedp.EvaluateAsDevTools[string]("document.location.href"))
+		if strings.Contains(href, part) {
+			return
+		}
+		if time.Now().After(deadline) {
+			b.t.Fatalf("the page is still at %s after 10s, want an address with %q", href, part)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
 // screenshot saves the page as docs/console/name.png when
 // CONSOLE_SCREENSHOTS=1, for the README.
 func (b *browser) screenshot(name string) {
@@ -258,6 +276,13 @@ func TestConsoleInBrowser(t *testing.T) {
 	phone := s.loginFrom(inst, devidp.DemoUsername, devidp.DemoPassword, "DemoApp/1.0 (phone)")
 	tablet := s.loginFrom(inst, devidp.DemoUsername, devidp.DemoPassword, "DemoApp/1.0 (tablet)")
 	theirs := s.loginFrom(inst, devidp.OtherUsername, devidp.OtherPassword, "OtherApp/1.0")
+	// A session of the other user bound to its device's key by DPoP.
+	var bound created
+	res := s.signIn(inst, devidp.OtherUsername, dpopHeaders("", proofFor(t, newTestKey(t), inst, http.MethodPost, "/v1/sessions", "", "", s.clock.Now())))
+	if res.status != http.StatusCreated {
+		t.Fatalf("POST /v1/sessions with a proof = %d %s, want 201", res.status, res.body)
+	}
+	res.decode(t, &bound)
 
 	// Scripts are off: a page's script does not run.
 	b.run("load a page with a script", chromedp.Navigate(`data:text/html,<title>before</title><script>document.title="ran"</script>`))
@@ -294,11 +319,11 @@ func TestConsoleInBrowser(t *testing.T) {
 	if got := b.text("#actor"); got != actor {
 		t.Fatalf("signed in as %q, want %q", got, actor)
 	}
-	if got := b.text("#active"); got != "3" {
-		t.Errorf("overview: %s active sessions, want 3", got)
+	if got := b.text("#active"); got != "4" {
+		t.Errorf("overview: %s active sessions, want 4", got)
 	}
-	if got := b.text("#opened"); got != "3" {
-		t.Errorf("overview: %s opened in the last hour, want 3", got)
+	if got := b.text("#opened"); got != "4" {
+		t.Errorf("overview: %s opened in the last hour, want 4", got)
 	}
 	if got := b.text("#idp") + " " + b.text("#store"); got != "ready up" {
 		t.Errorf("overview: IdP and store %q, want ready up", got)
@@ -332,8 +357,9 @@ func TestConsoleInBrowser(t *testing.T) {
 			chromedp.WaitVisible(chromedp.ID("q")),
 			chromedp.SetValue(chromedp.ID("by"), "sub"),
 			chromedp.SendKeys(chromedp.ID("q"), devidp.DemoSubject),
-			chromedp.Click(chromedp.CSS(`form.search button`)),
-			chromedp.WaitVisible(chromedp.CSS("tbody tr")))
+			chromedp.Click(chromedp.CSS(`form.search button`)))
+		b.awaitURL("q=" + url.QueryEscape(devidp.DemoSubject))
+		b.run("read the results", chromedp.WaitVisible(chromedp.CSS("tbody tr")))
 		if n := b.count("tbody tr"); n != 2 {
 			t.Errorf("search by subject: %d sessions, want 2", n)
 		}
@@ -345,14 +371,20 @@ func TestConsoleInBrowser(t *testing.T) {
 		b.run("search by client address",
 			chromedp.Navigate(console+"/sessions?by=ip&q=127.0.0.0/8"),
 			chromedp.WaitVisible(chromedp.CSS("tbody tr")))
-		if n := b.count("tbody tr"); n != 3 {
-			t.Errorf("search by client address 127.0.0.0/8: %d sessions, want 3", n)
+		if n := b.count("tbody tr"); n != 4 {
+			t.Errorf("search by client address 127.0.0.0/8: %d sessions, want 4", n)
 		}
 		b.run("search by session id",
 			chromedp.Navigate(console+"/sessions?by=session_id&q="+theirs.SessionID),
 			chromedp.WaitVisible(chromedp.CSS("tbody tr")))
-		if got := b.text("tbody"); b.count("tbody tr") != 1 || !strings.Contains(got, devidp.OtherSubject) {
-			t.Errorf("search by session id lists:\n%s\nwant the other user's session", got)
+		if got := b.text("tbody"); b.count("tbody tr") != 1 || !strings.Contains(got, devidp.OtherSubject) || !strings.Contains(got, "bearer") {
+			t.Errorf("search by session id lists:\n%s\nwant the other user's bearer session", got)
+		}
+		b.run("search a DPoP-bound session",
+			chromedp.Navigate(console+"/sessions?by=session_id&q="+bound.SessionID),
+			chromedp.WaitVisible(chromedp.CSS("tbody tr")))
+		if got := b.text("tbody"); b.count("tbody tr") != 1 || !strings.Contains(got, "DPoP-bound") {
+			t.Errorf("search by session id lists:\n%s\nwant the session flagged DPoP-bound", got)
 		}
 	})
 
@@ -451,8 +483,9 @@ func TestConsoleInBrowser(t *testing.T) {
 			chromedp.Navigate(console+"/audit"),
 			chromedp.WaitVisible(chromedp.ID("sub")),
 			chromedp.SendKeys(chromedp.ID("sub"), devidp.DemoSubject),
-			chromedp.Click(chromedp.CSS(`form.filters button`)),
-			chromedp.WaitVisible(chromedp.ID("events")))
+			chromedp.Click(chromedp.CSS(`form.filters button`)))
+		b.awaitURL("sub=" + url.QueryEscape(devidp.DemoSubject))
+		b.run("read the trail", chromedp.WaitVisible(chromedp.ID("events")))
 		rows := browse(b, "read the events", chromedp.EvaluateAsDevTools[[]string](
 			`Array.from(document.querySelectorAll("#events tbody tr")).map(r => r.querySelector(".action").textContent + " " + r.querySelector(".actor").textContent)`))
 		want := map[string]bool{"user.revoke " + actor: false, "session.revoke " + actor: false}
