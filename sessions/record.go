@@ -249,18 +249,10 @@ func parseRecord(h map[string]string) (binding, uint64, error) {
 	return b, gen, nil
 }
 
-// openRecord turns a record into a Session, opening every sealed field.
-// Without sealed, the claims and tokens are neither opened nor required:
-// an Ending whose work is done has forgotten them.
-func (s *Store) openRecord(id string, h map[string]string, sealed bool) (*broker.Session, error) {
-	if h[fieldVersion] == recordVersion1 {
-		return s.openVersion1(id, h, sealed)
-	}
-	b, gen, err := parseRecord(h)
-	if err != nil {
-		return nil, err
-	}
-	sess := &broker.Session{
+// session is the Session a record's clear fields describe, before its
+// sealed fields are opened.
+func (b binding) session(id string, gen uint64, h map[string]string) *broker.Session {
+	return &broker.Session{
 		ID:             id,
 		SecretHash:     b.secretHash,
 		Subject:        b.sub,
@@ -274,6 +266,20 @@ func (s *Store) openRecord(id string, h map[string]string, sealed bool) (*broker
 		IP:             h[fieldIP],
 		UserAgent:      h[fieldUA],
 	}
+}
+
+// openRecord turns a record into a Session, opening every sealed field.
+// Without sealed, the claims and tokens are neither opened nor required:
+// an Ending whose work is done has forgotten them.
+func (s *Store) openRecord(id string, h map[string]string, sealed bool) (*broker.Session, error) {
+	if h[fieldVersion] == recordVersion1 {
+		return s.openVersion1(id, h, sealed)
+	}
+	b, gen, err := parseRecord(h)
+	if err != nil {
+		return nil, err
+	}
+	sess := b.session(id, gen, h)
 	if sealed {
 		if sess.Claims, err = s.openClaims(id, h[fieldClaims], claimsAAD(id, b)); err != nil {
 			return nil, err

@@ -243,20 +243,8 @@ func (s *Store) openVersion1(id string, h map[string]string, sealed bool) (*brok
 	if err != nil {
 		return nil, err
 	}
-	sess := &broker.Session{
-		ID:             id,
-		SecretHash:     b.secretHash,
-		Subject:        b.sub,
-		SID:            b.sid,
-		ClientID:       b.clientID,
-		Generation:     gen,
-		CreatedAt:      time.UnixMilli(b.createdAt).UTC(),
-		AbsoluteExpiry: time.UnixMilli(b.absExp).UTC(),
-		IdleTimeout:    time.Duration(b.idle) * time.Millisecond,
-		LastUsedAt:     time.UnixMilli(lastUse).UTC(),
-		IP:             h[fieldIP],
-		UserAgent:      h[fieldUA],
-	}
+	sess := b.session(id, gen, h)
+	sess.LastUsedAt = time.UnixMilli(lastUse).UTC()
 	if sealed {
 		plaintext, err := s.keys.Open([]byte(h[fieldTok]), v1TokAAD(id))
 		if err != nil {
