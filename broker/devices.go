@@ -45,7 +45,9 @@ func (s *Service) ownSessions(ctx context.Context, current *Session) ([]*Session
 // EndOwnSession ends the session id of the user of cred (the caller's own
 // included) and revokes its refresh token at the IdP. ErrNotFound when id
 // is not a live session of that user: another user's session is
-// indistinguishable from one that does not exist.
+// indistinguishable from one that does not exist. A session of the user's
+// that already ended within EndRetention is not an error, so that a
+// repeated call answers as the first did.
 func (s *Service) EndOwnSession(ctx context.Context, cred Credential, id string) error {
 	current, err := s.Authenticate(ctx, cred)
 	if err != nil {
@@ -56,7 +58,9 @@ func (s *Service) EndOwnSession(ctx context.Context, cred Credential, id string)
 	}
 	target, err := s.cfg.Store.Get(ctx, id)
 	switch {
-	case errors.Is(err, ErrNotFound), errors.Is(err, ErrUnreadable):
+	case errors.Is(err, ErrNotFound):
+		return s.endedOwn(ctx, current, id)
+	case errors.Is(err, ErrUnreadable):
 		return ErrNotFound
 	case err != nil:
 		return fmt.Errorf("get session: %w", err)
@@ -64,7 +68,27 @@ func (s *Service) EndOwnSession(ctx context.Context, cred Credential, id string)
 		return ErrNotFound
 	}
 	_, err = s.end(ctx, id, s.ownEnd(current))
+	if errors.Is(err, ErrNotFound) {
+		// Ended meanwhile, by another call.
+		return s.endedOwn(ctx, current, id)
+	}
 	return err
+}
+
+// endedOwn answers an end of a session that is gone: one of the user's own
+// that ended within EndRetention was ended as asked, as a repeated call
+// after a lost reply expects; any other id is not found.
+func (s *Service) endedOwn(ctx context.Context, current *Session, id string) error {
+	e, err := s.cfg.Store.Ending(ctx, id)
+	switch {
+	case errors.Is(err, ErrNotFound):
+		return ErrNotFound
+	case err != nil:
+		return fmt.Errorf("ending of session: %w", err)
+	case e.Session == nil || e.Session.Unreadable || e.Session.Subject != current.Subject || e.Session.ClientID != current.ClientID:
+		return ErrNotFound
+	}
+	return nil
 }
 
 // ownEnd is the reason of an end by the user from their session current.

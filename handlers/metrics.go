@@ -88,7 +88,7 @@ var (
 	errorCodes        = []broker.Code{
 		broker.CodeInvalidRequest, broker.CodeInvalidGrant, broker.CodeInvalidToken, broker.CodeNotFound,
 		broker.CodeRateLimited, broker.CodeUpstreamUnavailable, broker.CodeIdPUnavailable,
-		broker.CodeStoreUnavailable, broker.CodeInternal,
+		broker.CodeStoreUnavailable, broker.CodeInternal, broker.CodeInvalidDPoPProof, broker.CodeUseDPoPNonce,
 	}
 )
 
