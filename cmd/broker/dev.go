@@ -141,7 +141,14 @@ func runDev(ctx context.Context, getenv func(string) string, idpAddr string, std
 		}
 	}
 	adminToken := rand.Text()
+	// The embedded store has no client tracking: without invalidations the
+	// session cache would stay off anyway, its channel retried for ever.
+	cacheSetting := ""
+	if getenv("BROKER_REDIS_URL") == "" {
+		cacheSetting = "false"
+	}
 	env := map[string]string{
+		"BROKER_SESSION_CACHE":  cacheSetting,
 		"BROKER_LISTEN":         devListen,
 		"BROKER_ADMIN_LISTEN":   devAdminListen,
 		"BROKER_REDIS_URL":      redisURL,
