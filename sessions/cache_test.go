@@ -1,6 +1,7 @@
 package sessions
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"net"
@@ -573,5 +574,29 @@ func TestOpenCacheSweep(t *testing.T) {
 	c.sweep(time.Millisecond)
 	if _, _, ok := c.known("id", fieldTok); ok {
 		t.Error("an entry idle longer than the idle time was kept")
+	}
+}
+
+// TestCacheSubscriptionNeverConfirmed: a channel whose SUBSCRIBE went
+// unanswered (the reply lost on a connection that stays open and keeps
+// answering pings) is opened afresh, and the cache comes on; without that
+// it would stay off for ever.
+func TestCacheSubscriptionNeverConfirmed(t *testing.T) {
+	srv := redistest.Start(t)
+	writer := newStandaloneStore(t, srv)
+	proxy := redistest.NewProxy(t, srv.Addr())
+	proxy.SwallowReplyOnceFunc(func(chunk []byte) bool {
+		return bytes.Contains(bytes.ToLower(chunk), []byte("subscribe")) && bytes.Contains(chunk, []byte(invalidateChannel))
+	})
+	client, err := NewClient(proxy.URL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { client.Close() })
+	reader := New(client, writer.keys, Options{Cache: &CacheOptions{}})
+	t.Cleanup(reader.Close)
+	awaitLive(t, reader, true)
+	if proxy.Fired() != 1 {
+		t.Fatalf("the subscription's confirmation was swallowed %d times, want 1", proxy.Fired())
 	}
 }

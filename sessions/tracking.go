@@ -42,6 +42,9 @@ const (
 	// channel back.
 	retryMin = 100 * time.Millisecond
 	retryMax = 2 * time.Second
+	// subscribeWithin bounds the wait for a channel's subscription to be
+	// confirmed.
+	subscribeWithin = 5 * time.Second
 	// rescanEvery is how often the masters of a Cluster are listed again,
 	// so that a failover or a new master gets its channel.
 	rescanEvery = time.Second
@@ -267,8 +270,12 @@ func (t *tracker) keep(ctx context.Context, l *listener) {
 	}
 }
 
-// errSilent reports a channel that answered neither messages nor pings.
-var errSilent = errors.New("no answer to a ping")
+// Errors that end a channel: it answered neither messages nor pings, or it
+// answers pings but never confirmed its subscription.
+var (
+	errSilent        = errors.New("no answer to a ping")
+	errNotSubscribed = errors.New("the subscription to " + invalidateChannel + " was not confirmed")
+)
 
 // listen subscribes l's channel and applies its invalidations until it
 // fails. Any reply it does not expect, a flush's null payload included,
@@ -276,8 +283,14 @@ var errSilent = errors.New("no answer to a ping")
 func (t *tracker) listen(ctx context.Context, l *listener) error {
 	ps := l.client.Subscribe(ctx, invalidateChannel)
 	defer ps.Close()
-	pinged := false
+	pinged, subscribed := false, false
+	started := time.Now()
 	for {
+		if !subscribed && time.Since(started) > subscribeWithin {
+			// The client may have reconnected after a failed SUBSCRIBE
+			// without subscribing again: open a channel afresh.
+			return errNotSubscribed
+		}
 		msg, err := ps.ReceiveTimeout(ctx, pingEvery)
 		if err != nil {
 			var ne net.Error
@@ -299,6 +312,7 @@ func (t *tracker) listen(ctx context.Context, l *listener) error {
 			if m.Kind != "subscribe" || m.Channel != invalidateChannel {
 				return errors.New("unexpected subscription " + m.Kind + " " + strconv.Quote(m.Channel))
 			}
+			subscribed = true
 			t.mu.Lock()
 			l.up = true
 			t.settle()

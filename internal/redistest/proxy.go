@@ -38,7 +38,10 @@ type Proxy struct {
 	closed bool
 	armed  bool
 	match  func(chunk []byte) bool
-	fired  int
+	// swallow keeps the connection open when the armed fault fires: the
+	// reply is lost, the connection lives on (see SwallowReplyOnceFunc).
+	swallow bool
+	fired   int
 }
 
 // proxyConn is a client's connection and the proxy's connection to Redis
@@ -48,7 +51,9 @@ type proxyConn struct {
 	// dropReply is set before the command that fired DropReplyOnce is
 	// forwarded; whatever Redis sends next is that command's reply.
 	dropReply atomic.Bool
-	closeOnce sync.Once
+	// swallowReply is dropReply for SwallowReplyOnceFunc.
+	swallowReply atomic.Bool
+	closeOnce    sync.Once
 }
 
 func (c *proxyConn) close() {
@@ -105,7 +110,17 @@ func (p *Proxy) DropReplyOnce(match []byte) {
 func (p *Proxy) DropReplyOnceFunc(match func(chunk []byte) bool) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	p.armed, p.match = true, match
+	p.armed, p.match, p.swallow = true, match, false
+}
+
+// SwallowReplyOnceFunc is DropReplyOnceFunc without the close: the first
+// bytes Redis sends after the matching chunk are discarded and the
+// connection stays open, as if the reply had never been sent. A client
+// waiting for that reply waits on a live connection.
+func (p *Proxy) SwallowReplyOnceFunc(match func(chunk []byte) bool) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.armed, p.match, p.swallow = true, match, true
 }
 
 // Fired returns how many DropReplyOnce faults have fired: replies
@@ -224,7 +239,9 @@ func (p *Proxy) forwardCommands(c *proxyConn) {
 	for {
 		n, err := c.client.Read(buf)
 		if n > 0 {
-			if p.fire(buf[:n]) {
+			if fired, swallow := p.fire(buf[:n]); fired && swallow {
+				c.swallowReply.Store(true)
+			} else if fired {
 				c.dropReply.Store(true)
 			}
 			if _, err := c.server.Write(buf[:n]); err != nil {
@@ -245,6 +262,12 @@ func (p *Proxy) forwardReplies(c *proxyConn) {
 	for {
 		n, err := c.server.Read(buf)
 		if n > 0 {
+			if c.swallowReply.CompareAndSwap(true, false) {
+				p.mu.Lock()
+				p.fired++
+				p.mu.Unlock()
+				continue
+			}
 			if c.dropReply.Load() {
 				// Counted before the close, so a client that sees the
 				// connection end also sees the fault counted.
@@ -263,13 +286,14 @@ func (p *Proxy) forwardReplies(c *proxyConn) {
 	}
 }
 
-// fire reports whether chunk fires the armed DropReplyOnce, disarming it.
-func (p *Proxy) fire(chunk []byte) bool {
+// fire reports whether chunk fires the armed fault, disarming it, and
+// whether that fault keeps the connection open.
+func (p *Proxy) fire(chunk []byte) (fired, swallow bool) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if !p.armed || !p.match(chunk) {
-		return false
+		return false, false
 	}
 	p.armed, p.match = false, nil
-	return true
+	return true, p.swallow
 }
