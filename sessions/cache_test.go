@@ -499,7 +499,13 @@ func (c *replyCapture) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
 		err := next(ctx, cmd)
 		if name := cmd.Name(); name == "evalsha_ro" || name == "eval_ro" {
 			if v, ok := cmd.(*redis.Cmd); ok {
-				if flat, err := v.StringSlice(); err == nil {
+				if res, err := v.Slice(); err == nil && len(res) > 0 {
+					fields, _ := res[0].([]any)
+					flat := make([]string, 0, len(fields))
+					for _, f := range fields {
+						s, _ := f.(string)
+						flat = append(flat, s)
+					}
 					c.mu.Lock()
 					c.replies = append(c.replies, flat)
 					c.mu.Unlock()
@@ -544,6 +550,10 @@ func TestReadLeavesOutKnownBlobs(t *testing.T) {
 	for _, tc := range []struct{ field, value string }{
 		{fieldSub, "someone-else"},
 		{fieldGen, "7"},
+		// A value that looks like the script's old "you have it" answer
+		// must not make the process use the bytes it kept.
+		{fieldTok, "="},
+		{fieldClaims, "="},
 		{fieldAbsExp, strconv.FormatInt(time.Now().Add(100*24*time.Hour).UnixMilli(), 10)},
 	} {
 		t.Run("edited "+tc.field, func(t *testing.T) {

@@ -12,21 +12,29 @@ import "github.com/redis/go-redis/v9"
 // takes a value unique to the call (a token, a sealed blob, an event id) and
 // recognises it when it finds it already written.
 var (
-	// getScript reads a session as HGETALL does, but answers "=" in place
-	// of the tok field when its SHA-1 is ARGV[1] and of the claims field
-	// when its SHA-1 is ARGV[2]: blobs the reader opened before, whose
-	// bytes it still has (a sealed blob is never one byte long). The
-	// reader then opens those bytes under the additional data the record's
-	// clear fields give now, so that an edit of the record still fails to
-	// open. It only reads, and runs as EVALSHA_RO.
+	// getScript reads a session as HGETALL does, but leaves out the tok
+	// field when its SHA-1 is ARGV[1] and the claims field when its SHA-1
+	// is ARGV[2]: blobs the reader opened before, whose bytes it still
+	// has. It answers {fields, tok left out (1 or 0), claims left out}:
+	// the decision travels apart from the values, so that no value stored
+	// in the record can pass for it. The reader then opens the bytes it
+	// has under the additional data the record's clear fields give now, so
+	// that an edit of the record still fails to open. It only reads, and
+	// runs as EVALSHA_RO.
 	getScript = redis.NewScript(`
 local h = redis.call('HGETALL', KEYS[1])
+local out, tok, claims = {}, 0, 0
 for i = 1, #h, 2 do
-  if (h[i] == 'tok' and redis.sha1hex(h[i+1]) == ARGV[1]) or (h[i] == 'claims' and redis.sha1hex(h[i+1]) == ARGV[2]) then
-    h[i+1] = '='
+  if h[i] == 'tok' and redis.sha1hex(h[i+1]) == ARGV[1] then
+    tok = 1
+  elseif h[i] == 'claims' and redis.sha1hex(h[i+1]) == ARGV[2] then
+    claims = 1
+  else
+    out[#out+1] = h[i]
+    out[#out+1] = h[i+1]
   end
 end
-return h
+return {out, tok, claims}
 `)
 
 	// touchScript records a use at ARGV[1] (Unix ms), sealed as ARGV[3],

@@ -225,7 +225,8 @@ func (s *Store) Get(ctx context.Context, id string) (*broker.Session, error) {
 // read returns a session's fields. When this process opened the session's
 // tokens or claims before, Redis leaves out the blobs that did not change
 // (see getScript): a re-read after a touch, or while the session cache is
-// off, moves the small fields only, not the 2-3 KB of sealed tokens.
+// off, moves the small fields only, not the 2-3 KB of sealed tokens. An
+// empty map means the session does not exist.
 func (s *Store) read(ctx context.Context, id string) (map[string]string, error) {
 	key := sessionKey(id)
 	tokBlob, tokSum, haveTok := s.opened.known(id, fieldTok)
@@ -233,18 +234,24 @@ func (s *Store) read(ctx context.Context, id string) (map[string]string, error) 
 	if !haveTok && !haveClaims {
 		return s.client.HGetAll(ctx, key).Result()
 	}
-	flat, err := getScript.RunRO(ctx, s.client, []string{key}, tokSum, claimsSum).StringSlice()
+	res, err := getScript.RunRO(ctx, s.client, []string{key}, tokSum, claimsSum).Slice()
 	if err != nil {
 		return nil, err
 	}
-	h := make(map[string]string, len(flat)/2)
-	for i := 0; i+1 < len(flat); i += 2 {
-		h[flat[i]] = flat[i+1]
+	if len(res) != 3 {
+		return nil, fmt.Errorf("read session: %d values in the reply, want 3", len(res))
 	}
-	if h[fieldTok] == "=" {
+	flat, _ := res[0].([]any)
+	h := make(map[string]string, len(flat)/2+2)
+	for i := 0; i+1 < len(flat); i += 2 {
+		k, _ := flat[i].(string)
+		v, _ := flat[i+1].(string)
+		h[k] = v
+	}
+	if same, _ := res[1].(int64); same == 1 {
 		h[fieldTok] = tokBlob
 	}
-	if h[fieldClaims] == "=" {
+	if same, _ := res[2].(int64); same == 1 {
 		h[fieldClaims] = claimsBlob
 	}
 	return h, nil
