@@ -225,6 +225,10 @@ func parseSentinelURL(rawURL string) (*redis.FailoverOptions, error) {
 		"username":    "put the user in the URL's user part",
 		"password":    "put the password in the URL's user part",
 		"db":          "put the database number in the path",
+		// Reads from replicas would see a session after its end or refresh
+		// reached the master, and writes to them fail.
+		"replica_only":              "the broker reads and writes the master",
+		"use_disconnected_replicas": "the broker reads and writes the master",
 	}); err != nil {
 		return nil, err
 	}
@@ -259,6 +263,13 @@ func parseClusterURL(rawURL string) (*redis.ClusterOptions, error) {
 	}
 	if err := m.refuse(map[string]string{
 		"addr": "list the seed nodes in the host part, separated by commas",
+		// A read from a replica may come before the replica applied an
+		// end or a refresh that the master already announced: the
+		// session cache would keep the old record, and a refresh would
+		// adopt old tokens.
+		"read_only":        "the broker reads the masters only",
+		"route_by_latency": "the broker reads the masters only",
+		"route_randomly":   "the broker reads the masters only",
 	}); err != nil {
 		return nil, err
 	}
