@@ -610,3 +610,35 @@ func TestCacheSubscriptionNeverConfirmed(t *testing.T) {
 		t.Fatalf("the subscription's confirmation was swallowed %d times, want 1", proxy.Fired())
 	}
 }
+
+// TestCacheBlackholedRedis: Redis vanishes behind a network that still
+// accepts connections, right after a change was made on another replica.
+// The channel's connection is reset, and go-redis's reconnect then waits
+// on connections that never answer, for its dial and read timeouts,
+// before its error reaches the channel's loop. The watchdog turns the
+// cache off within staleAfter of the channel's last sign of life all the
+// same, well before those timeouts (2 s each here).
+func TestCacheBlackholedRedis(t *testing.T) {
+	srv := redistest.Start(t)
+	writer := newStandaloneStore(t, srv)
+	proxy := redistest.NewProxy(t, srv.Addr())
+	client, err := NewClient(proxy.URL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { client.Close() })
+	reader := New(client, writer.keys, Options{Cache: &CacheOptions{}})
+	t.Cleanup(reader.Close)
+	awaitLive(t, reader, true)
+	s, _ := testSession(t, time.Now(), "sub-blackhole", "")
+	mustCreate(t, writer, s)
+	warm(t, reader, s.ID)
+
+	proxy.Blackhole()
+	start := time.Now()
+	awaitLive(t, reader, false)
+	if off := time.Since(start); off > 1500*time.Millisecond {
+		t.Errorf("cache off %v after the channel went silent, want about %v: it waited for go-redis's timeouts", off, staleAfter)
+	}
+	proxy.Heal()
+}

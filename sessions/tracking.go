@@ -9,6 +9,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -38,6 +39,10 @@ const (
 	// bounds how long a network cut that no error reports leaves the cache
 	// in use.
 	pingEvery = 200 * time.Millisecond
+	// staleAfter is how long a subscribed channel may go without
+	// delivering anything (a message, or the answer to the ping sent after
+	// pingEvery) before the watchdog takes it as down.
+	staleAfter = 2*pingEvery + pingEvery/2
 	// retryMin and retryMax bound the pause between attempts to bring a
 	// channel back.
 	retryMin = 100 * time.Millisecond
@@ -67,8 +72,16 @@ type tracker struct {
 type listener struct {
 	addr   string
 	client *redis.Client
-	up     bool // subscribed; guarded by tracker.mu
+	up     bool // subscribed and heard from; guarded by tracker.mu
 	cancel context.CancelFunc
+	// heard is when the channel last delivered anything (Unix ns); the
+	// watchdog takes a channel that stays silent past staleAfter as down,
+	// even while go-redis is still inside a reconnect that has not
+	// reported its error yet.
+	heard atomic.Int64
+	// stale is set by the watchdog when it took the channel down; the
+	// channel is up again with its next message.
+	stale atomic.Bool
 }
 
 // startTracker starts the channels for client's masters and keeps them up
@@ -84,6 +97,7 @@ func startTracker(client redis.UniversalClient, cache *sessionCache, opened *ope
 	default:
 		log.Warn("session cache off: the Redis client is of an unknown kind", "kind", fmt.Sprintf("%T", client))
 	}
+	t.done.Go(func() { t.watch(ctx) })
 	t.done.Go(func() {
 		tick := time.NewTicker(max(cache.opts.TTL/4, time.Second))
 		defer tick.Stop()
@@ -101,6 +115,32 @@ func startTracker(client redis.UniversalClient, cache *sessionCache, opened *ope
 		}
 	})
 	return t
+}
+
+// watch takes down the channels that went silent, so that the cache is
+// never used for longer than staleAfter after the last sign of life of
+// every channel, whatever a channel's goroutine is blocked in.
+func (t *tracker) watch(ctx context.Context) {
+	tick := time.NewTicker(pingEvery / 4)
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+		}
+		cutoff := time.Now().Add(-staleAfter).UnixNano()
+		t.mu.Lock()
+		for _, l := range t.listeners {
+			if l.up && l.heard.Load() < cutoff {
+				l.up = false
+				l.stale.Store(true)
+				t.log.Warn("session cache off: the invalidation channel went silent", "redis", l.addr)
+			}
+		}
+		t.settle()
+		t.mu.Unlock()
+	}
 }
 
 // close stops every channel and turns the cache off.
@@ -246,6 +286,7 @@ func (t *tracker) settle() {
 // keep holds l's channel up until ctx ends, reconnecting after any error.
 func (t *tracker) keep(ctx context.Context, l *listener) {
 	pause := retryMin
+	warned := false // since the channel was last up
 	for ctx.Err() == nil {
 		err := t.listen(ctx, l)
 		t.mu.Lock()
@@ -256,9 +297,16 @@ func (t *tracker) keep(ctx context.Context, l *listener) {
 		if ctx.Err() != nil {
 			return
 		}
-		if wasUp {
-			pause = retryMin
+		switch {
+		case wasUp:
+			pause, warned = retryMin, true
 			t.log.Warn("session cache off: the invalidation channel went down; every request reads Redis until it is back",
+				"redis", l.addr, "error", err)
+		case !warned:
+			// A channel that cannot be opened at all (CLIENT TRACKING
+			// refused by an ACL, a Redis older than 6) is said once.
+			warned = true
+			t.log.Warn("session cache off: the invalidation channel cannot be opened; every request reads Redis, and it is retried",
 				"redis", l.addr, "error", err)
 		}
 		select {
@@ -307,13 +355,30 @@ func (t *tracker) listen(ctx context.Context, l *listener) error {
 			continue
 		}
 		pinged = false
+		l.heard.Store(time.Now().UnixNano())
+		if subscribed && l.stale.Load() {
+			// The watchdog took the channel down while it was silent;
+			// it speaks again, in order, so nothing was missed.
+			t.mu.Lock()
+			if l.stale.CompareAndSwap(true, false) {
+				l.up = true
+				t.settle()
+			}
+			t.mu.Unlock()
+		}
 		switch m := msg.(type) {
 		case *redis.Subscription:
 			if m.Kind != "subscribe" || m.Channel != invalidateChannel {
 				return errors.New("unexpected subscription " + m.Kind + " " + strconv.Quote(m.Channel))
 			}
+			if subscribed {
+				// A second confirmation means the client subscribed
+				// again on a new connection: what came between is lost.
+				return errors.New("subscribed again without notice")
+			}
 			subscribed = true
 			t.mu.Lock()
+			l.stale.Store(false)
 			l.up = true
 			t.settle()
 			t.mu.Unlock()

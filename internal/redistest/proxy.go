@@ -32,12 +32,16 @@ type Proxy struct {
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
 
-	mu     sync.Mutex
-	conns  map[*proxyConn]struct{}
-	cut    bool
-	closed bool
-	armed  bool
-	match  func(chunk []byte) bool
+	mu    sync.Mutex
+	conns map[*proxyConn]struct{}
+	cut   bool
+	// blackhole holds new connections open without forwarding anything;
+	// held are those connections, closed by Heal.
+	blackhole bool
+	held      []net.Conn
+	closed    bool
+	armed     bool
+	match     func(chunk []byte) bool
 	// swallow keeps the connection open when the armed fault fires: the
 	// reply is lost, the connection lives on (see SwallowReplyOnceFunc).
 	swallow bool
@@ -144,11 +148,30 @@ func (p *Proxy) Cut() {
 	}
 }
 
-// Heal forwards new connections again after Cut.
+// Blackhole drops every open connection, then accepts new ones but
+// forwards nothing on them, as a host that vanished behind a network that
+// still completes the handshake: a client that reconnects waits on a
+// connection that never answers, until its own timeouts end the wait.
+// Heal ends it.
+func (p *Proxy) Blackhole() {
+	p.mu.Lock()
+	p.blackhole = true
+	conns := p.openConns()
+	p.mu.Unlock()
+	for _, c := range conns {
+		c.close()
+	}
+}
+
+// Heal forwards new connections again after Cut or Blackhole.
 func (p *Proxy) Heal() {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	p.cut = false
+	p.cut, p.blackhole = false, false
+	for _, c := range p.held {
+		c.Close()
+	}
+	p.held = nil
 }
 
 // openConns returns the open connections. p.mu must be held.
@@ -172,6 +195,12 @@ func (p *Proxy) close() {
 	for _, c := range conns {
 		c.close()
 	}
+	p.mu.Lock()
+	for _, c := range p.held {
+		c.Close()
+	}
+	p.held = nil
+	p.mu.Unlock()
 	p.wg.Wait()
 }
 
@@ -191,6 +220,11 @@ func (p *Proxy) accept() {
 		if p.closed || p.cut {
 			p.mu.Unlock()
 			client.Close()
+			continue
+		}
+		if p.blackhole {
+			p.held = append(p.held, client)
+			p.mu.Unlock()
 			continue
 		}
 		p.wg.Add(1)
