@@ -26,7 +26,14 @@ const openCacheSize = 20000
 type openCache struct {
 	mu      sync.Mutex
 	entries map[openKey]openEntry
+	// swept is when put last dropped the entries idle for openIdle, so
+	// that plaintext leaves memory with or without the session cache.
+	swept time.Time
 }
+
+// openIdle is how long an opened value is kept without use when nothing
+// sweeps sooner (the session cache sweeps at twice its TTL).
+const openIdle = 2 * time.Minute
 
 type openKey struct{ id, field string }
 
@@ -64,6 +71,10 @@ func (c *openCache) put(id, field, blob string, aad []byte, value any) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	k := openKey{id, field}
+	if now := time.Now(); now.Sub(c.swept) > openIdle/2 {
+		c.swept = now
+		c.sweepLocked(now.Add(-openIdle))
+	}
 	if _, ok := c.entries[k]; !ok && len(c.entries) >= openCacheSize {
 		// Evict an arbitrary entry: map iteration order is random enough
 		// for a cache whose misses cost microseconds.
@@ -79,9 +90,12 @@ func (c *openCache) put(id, field, blob string, aad []byte, value any) {
 // sweep forgets what was not used for idle, so that the plaintext of
 // sessions no longer in use leaves memory.
 func (c *openCache) sweep(idle time.Duration) {
-	cutoff := time.Now().Add(-idle)
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	c.sweepLocked(time.Now().Add(-idle))
+}
+
+func (c *openCache) sweepLocked(cutoff time.Time) {
 	for k, e := range c.entries {
 		if e.used.Before(cutoff) {
 			delete(c.entries, k)
