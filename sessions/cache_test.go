@@ -36,6 +36,22 @@ func cachedReplica(t *testing.T, st *Store, opts CacheOptions) *Store {
 	return c
 }
 
+// proxiedReplica returns a store with the cache on that reaches writer's
+// Redis through proxy, as another replica behind a network that faults
+// can be injected into, and waits until its cache is in use.
+func proxiedReplica(t *testing.T, writer *Store, proxy *redistest.Proxy) *Store {
+	t.Helper()
+	client, err := NewClient(proxy.URL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { client.Close() })
+	reader := New(client, writer.keys, Options{Cache: &CacheOptions{}})
+	t.Cleanup(reader.Close)
+	awaitLive(t, reader, true)
+	return reader
+}
+
 // awaitLive waits until the store's cache is in use (or not).
 func awaitLive(t *testing.T, st *Store, live bool) {
 	t.Helper()
@@ -353,14 +369,7 @@ func TestCacheFailsClosed(t *testing.T) {
 	srv := redistest.Start(t)
 	writer := newStandaloneStore(t, srv)
 	proxy := redistest.NewProxy(t, srv.Addr())
-	client, err := NewClient(proxy.URL())
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { client.Close() })
-	reader := New(client, writer.keys, Options{Cache: &CacheOptions{}})
-	t.Cleanup(reader.Close)
-	awaitLive(t, reader, true)
+	reader := proxiedReplica(t, writer, proxy)
 	ctx := context.Background()
 	s, _ := testSession(t, time.Now(), "sub-cut", "")
 	mustCreate(t, writer, s)
@@ -598,14 +607,7 @@ func TestCacheSubscriptionNeverConfirmed(t *testing.T) {
 	proxy.SwallowReplyOnceFunc(func(chunk []byte) bool {
 		return bytes.Contains(bytes.ToLower(chunk), []byte("subscribe")) && bytes.Contains(chunk, []byte(invalidateChannel))
 	})
-	client, err := NewClient(proxy.URL())
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { client.Close() })
-	reader := New(client, writer.keys, Options{Cache: &CacheOptions{}})
-	t.Cleanup(reader.Close)
-	awaitLive(t, reader, true)
+	proxiedReplica(t, writer, proxy) // waits until the cache is on
 	if proxy.Fired() != 1 {
 		t.Fatalf("the subscription's confirmation was swallowed %d times, want 1", proxy.Fired())
 	}
@@ -622,14 +624,7 @@ func TestCacheBlackholedRedis(t *testing.T) {
 	srv := redistest.Start(t)
 	writer := newStandaloneStore(t, srv)
 	proxy := redistest.NewProxy(t, srv.Addr())
-	client, err := NewClient(proxy.URL())
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { client.Close() })
-	reader := New(client, writer.keys, Options{Cache: &CacheOptions{}})
-	t.Cleanup(reader.Close)
-	awaitLive(t, reader, true)
+	reader := proxiedReplica(t, writer, proxy)
 	s, _ := testSession(t, time.Now(), "sub-blackhole", "")
 	mustCreate(t, writer, s)
 	warm(t, reader, s.ID)
