@@ -32,9 +32,9 @@ type revokedCount struct {
 
 // listOwnSessions lists the caller's user's sessions (GET /v1/sessions).
 func (s *Server) listOwnSessions(c echo.Context) error {
-	cred, present := credential(c.Request(), s.cfg.TrustedProxies)
-	if !present {
-		return errNoHandle
+	cred, err := s.requireCredential(c)
+	if err != nil {
+		return err
 	}
 	current, all, err := s.cfg.Service.OwnSessions(c.Request().Context(), cred)
 	if err != nil {
@@ -61,9 +61,9 @@ func (s *Server) listOwnSessions(c echo.Context) error {
 // endOwnSession signs out one of the user's devices
 // (DELETE /v1/sessions/{session_id}).
 func (s *Server) endOwnSession(c echo.Context) error {
-	cred, present := credential(c.Request(), s.cfg.TrustedProxies)
-	if !present {
-		return errNoHandle
+	cred, err := s.requireCredential(c)
+	if err != nil {
+		return err
 	}
 	if err := s.cfg.Service.EndOwnSession(c.Request().Context(), cred, c.Param("id")); err != nil {
 		return err
@@ -74,9 +74,9 @@ func (s *Server) endOwnSession(c echo.Context) error {
 // endOtherSessions signs out every other device of the user
 // (DELETE /v1/sessions?except=current).
 func (s *Server) endOtherSessions(c echo.Context) error {
-	cred, present := credential(c.Request(), s.cfg.TrustedProxies)
-	if !present {
-		return errNoHandle
+	cred, err := s.requireCredential(c)
+	if err != nil {
+		return err
 	}
 	if q := c.Request().URL.Query(); len(q) != 1 || q.Get("except") != "current" || len(q["except"]) != 1 {
 		// Ending every session, the caller's included, is not offered

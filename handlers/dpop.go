@@ -5,6 +5,7 @@ import (
 	"net/netip"
 	"strings"
 
+	"github.com/labstack/echo/v4"
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/mobile-token-broker/broker/broker"
@@ -43,6 +44,16 @@ func credential(r *http.Request, trusted []netip.Prefix) (cred broker.Credential
 		cred.ProofRequest = proofRequest(r, trusted)
 	}
 	return cred, true
+}
+
+// requireCredential is credential for the broker's own routes: a request
+// without an Authorization header is refused with errNoHandle.
+func (s *Server) requireCredential(c echo.Context) (broker.Credential, error) {
+	cred, present := credential(c.Request(), s.cfg.TrustedProxies)
+	if !present {
+		return broker.Credential{}, errNoHandle
+	}
+	return cred, nil
 }
 
 // proofRequest is what a DPoP proof of r must match: its method and its URL

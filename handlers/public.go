@@ -132,9 +132,9 @@ func (s *Server) getSession(c echo.Context) error {
 
 // userInfo relays the IdP's userinfo response (GET /v1/userinfo).
 func (s *Server) userInfo(c echo.Context) error {
-	cred, present := credential(c.Request(), s.cfg.TrustedProxies)
-	if !present {
-		return errNoHandle
+	cred, err := s.requireCredential(c)
+	if err != nil {
+		return err
 	}
 	info, err := s.cfg.Service.UserInfo(c.Request().Context(), cred)
 	if err != nil {
@@ -147,9 +147,9 @@ func (s *Server) userInfo(c echo.Context) error {
 // deleteSession logs out (DELETE /v1/session): 204 whether or not the handle
 // was live, 401 only when none was sent.
 func (s *Server) deleteSession(c echo.Context) error {
-	cred, present := credential(c.Request(), s.cfg.TrustedProxies)
-	if !present {
-		return errNoHandle
+	cred, err := s.requireCredential(c)
+	if err != nil {
+		return err
 	}
 	if err := s.cfg.Service.Logout(c.Request().Context(), cred); err != nil {
 		return err
@@ -159,9 +159,9 @@ func (s *Server) deleteSession(c echo.Context) error {
 
 // authenticate resolves the request's handle to its session.
 func (s *Server) authenticate(c echo.Context) (*broker.Session, error) {
-	cred, present := credential(c.Request(), s.cfg.TrustedProxies)
-	if !present {
-		return nil, errNoHandle
+	cred, err := s.requireCredential(c)
+	if err != nil {
+		return nil, err
 	}
 	sess, err := s.cfg.Service.Authenticate(c.Request().Context(), cred)
 	if err != nil {
