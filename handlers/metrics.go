@@ -235,18 +235,16 @@ func (m *Metrics) observe(listener string) echo.MiddlewareFunc {
 			if err := next(c); err != nil {
 				c.Error(err)
 			}
+			st := finished(c)
 			s := m.seriesOf(seriesKey{
 				listener:    listener,
 				route:       c.Path(),
 				method:      methodLabel(c.Request().Method),
-				status:      responseStatus(c),
+				status:      st.status,
 				brokerError: len(c.Response().Header()[BrokerErrorHeader]) > 0,
 			})
 			s.count.Inc()
-			// The access log, which runs inside, took the duration.
-			if st := stateOf(c.Request().Context()); st != nil {
-				s.duration.Observe(st.elapsed.Seconds())
-			}
+			s.duration.Observe(st.elapsed.Seconds())
 			return nil
 		}
 	}

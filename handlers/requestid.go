@@ -32,9 +32,11 @@ type requestState struct {
 	start   time.Time // when the broker began with the request
 	r       *http.Request
 	trusted []netip.Prefix
-	// elapsed is the request's duration, taken once by the access log for
-	// the log line and the metrics alike.
+	// elapsed and status are the request's duration and status (499 for a
+	// client that went away), taken once by the access log for the log
+	// line and the metrics alike.
 	elapsed time.Duration
+	status  int
 	// sessionID is the session the request used, for the access log and
 	// the trace, once a handler knows it.
 	sessionID string

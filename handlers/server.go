@@ -164,18 +164,13 @@ func (s *Server) accessLog(next echo.HandlerFunc) echo.HandlerFunc {
 			c.Error(err)
 		}
 		r := c.Request()
-		st := stateOf(r.Context())
-		if st == nil {
-			// Outside requestID, which every listener runs first.
-			st = &requestState{start: time.Now()}
-		}
-		st.elapsed = time.Since(st.start)
+		st := finished(c)
 		var buf [8]slog.Attr
 		attrs := append(buf[:0],
 			slog.String("method", methodLabel(r.Method)),
 			slog.String("path", loggedPath(r.URL.Path)),
 			slog.String("client", s.loggedClient(r)),
-			slog.Int("status", responseStatus(c)),
+			slog.Int("status", st.status),
 			slog.Float64("duration_ms", float64(st.elapsed.Microseconds())/1000),
 			slog.Int64("bytes_out", c.Response().Size),
 		)
@@ -185,6 +180,21 @@ func (s *Server) accessLog(next echo.HandlerFunc) echo.HandlerFunc {
 		s.log.LogAttrs(r.Context(), slog.LevelInfo, "request", attrs...)
 		return nil
 	}
+}
+
+// finished returns the request's state with its duration and status, taken
+// once when the handlers are done: the access log and the metrics share
+// them.
+func finished(c echo.Context) *requestState {
+	st := stateOf(c.Request().Context())
+	if st == nil {
+		// Outside requestID, which every listener runs first.
+		st = &requestState{start: time.Now()}
+	}
+	if st.status == 0 {
+		st.elapsed, st.status = time.Since(st.start), responseStatus(c)
+	}
+	return st
 }
 
 // statusClientClosed is the status the access log and the metrics give a
