@@ -70,8 +70,8 @@ func proofRequest(r *http.Request, trusted []netip.Prefix) broker.ProofRequest {
 
 // origin is the scheme and host the app addressed: those of the broker's own
 // listener, or, from a trusted proxy, those it reports in X-Forwarded-Proto
-// and X-Forwarded-Host (the leftmost entry, the proxy nearest the app). The
-// same values reach the upstream in setForwarded.
+// and X-Forwarded-Host (the leftmost entry, the proxy nearest the app).
+// setForwarded passes those headers on to the upstream whole, every entry.
 func origin(r *http.Request, trusted []netip.Prefix) (scheme, host string) {
 	scheme, host = "http", r.Host
 	if r.TLS != nil {
