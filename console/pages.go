@@ -166,15 +166,25 @@ var notices = map[string]string{
 	"idp-pending": "Every session of this user has ended. The identity provider did not revoke every refresh token yet; the broker keeps trying.",
 }
 
-// user lists every live session of a subject.
-func (con *Console) user(c echo.Context) error {
+// subjectSessions reads the subject a page names and its live sessions;
+// done is false when the page was answered with an error instead.
+func (con *Console) subjectSessions(c echo.Context) (sub string, list []*broker.Session, done bool, err error) {
 	sub, ok := value(c, "sub")
 	if !ok || sub == "" {
-		return con.fail(c, http.StatusBadRequest, "Name a subject.")
+		return "", nil, false, con.fail(c, http.StatusBadRequest, "Name a subject.")
 	}
-	list, err := con.cfg.Service.UserSessions(c.Request().Context(), sub)
+	list, err = con.cfg.Service.UserSessions(c.Request().Context(), sub)
 	if err != nil {
-		return con.failErr(c, err)
+		return "", nil, false, con.failErr(c, err)
+	}
+	return sub, list, true, nil
+}
+
+// user lists every live session of a subject.
+func (con *Console) user(c echo.Context) error {
+	sub, list, ok, err := con.subjectSessions(c)
+	if !ok {
+		return err
 	}
 	p := page{Title: "User " + sub, Nav: "sessions", Data: userData{Subject: sub, Sessions: rowsOf(list)}}
 	p.Notice = notices[c.QueryParam("done")]
@@ -189,13 +199,9 @@ type endAllData struct {
 // confirmEndAll asks before ending every session of a subject, naming how
 // many there are.
 func (con *Console) confirmEndAll(c echo.Context) error {
-	sub, ok := value(c, "sub")
-	if !ok || sub == "" {
-		return con.fail(c, http.StatusBadRequest, "Name a subject.")
-	}
-	list, err := con.cfg.Service.UserSessions(c.Request().Context(), sub)
-	if err != nil {
-		return con.failErr(c, err)
+	sub, list, ok, err := con.subjectSessions(c)
+	if !ok {
+		return err
 	}
 	return con.render(c, http.StatusOK, "confirm", page{Title: "End every session of " + sub, Nav: "sessions",
 		Data: endAllData{Subject: sub, Count: len(list)}})
