@@ -334,17 +334,12 @@ type target struct {
 	err error
 }
 
-// targetKey carries the target in the context of a request that has no
-// requestState (one served outside the broker's middleware, as in tests).
-type targetKey struct{}
-
 // targetOf returns the target of a proxied request.
 func targetOf(ctx context.Context) *target {
-	if st := stateOf(ctx); st != nil && st.target != nil {
+	if st := stateOf(ctx); st != nil {
 		return st.target
 	}
-	t, _ := ctx.Value(targetKey{}).(*target)
-	return t
+	return nil
 }
 
 // Handler is the Echo handler of a path that any route may match.
@@ -390,11 +385,13 @@ func (p *Proxy) serve(c echo.Context, bound *Route) error {
 	// holds: no further copy of the request is needed to hand it to
 	// rewrite, unless a span must be added.
 	ctx := r.Context()
-	if st := stateOf(ctx); st != nil {
-		st.sessionID, st.target = sessionID, t
-	} else {
-		ctx = context.WithValue(ctx, targetKey{}, t)
+	st := stateOf(ctx)
+	if st == nil {
+		// Served outside the broker's middleware, as in some tests.
+		st = &requestState{start: time.Now()}
+		ctx = broker.WithRequest(ctx, st)
 	}
+	st.sessionID, st.target = sessionID, t
 	if p.tracer != nil {
 		var span trace.Span
 		ctx, span = p.tracer.Start(ctx, "proxy "+route.Prefix,
