@@ -71,7 +71,7 @@ func (s *Service) RevokeSession(ctx context.Context, id, actor string) error {
 	switch {
 	case lerr != nil:
 		return lerr
-	case !ended:
+	case ended == nil:
 		return err
 	}
 	return nil

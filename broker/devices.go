@@ -79,13 +79,11 @@ func (s *Service) EndOwnSession(ctx context.Context, cred Credential, id string)
 // that ended within EndRetention was ended as asked, as a repeated call
 // after a lost reply expects; any other id is not found.
 func (s *Service) endedOwn(ctx context.Context, current *Session, id string) error {
-	e, err := s.cfg.Store.Ending(ctx, id)
+	e, err := s.ended(ctx, id)
 	switch {
-	case errors.Is(err, ErrNotFound):
-		return ErrNotFound
 	case err != nil:
-		return fmt.Errorf("ending of session: %w", err)
-	case e.Session == nil || e.Session.Unreadable || e.Session.Subject != current.Subject || e.Session.ClientID != current.ClientID:
+		return err
+	case e == nil || e.Session == nil || e.Session.Unreadable || e.Session.Subject != current.Subject || e.Session.ClientID != current.ClientID:
 		return ErrNotFound
 	}
 	return nil

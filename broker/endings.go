@@ -216,15 +216,16 @@ func withoutSecret(s string) string {
 // audit appends an event whose loss the caller cannot act on.
 func (s *Service) audit(ctx context.Context, e AuditEvent) { _ = s.appendAudit(ctx, e) }
 
-// ended reports whether a session that End did not find had ended within
-// EndRetention, so that a repeated end is told it took effect.
-func (s *Service) ended(ctx context.Context, id string) (bool, error) {
-	_, err := s.cfg.Store.Ending(ctx, id)
+// ended returns the Ending of a session that End did not find, if it ended
+// within EndRetention, so that a repeated end is told it took effect; nil
+// when it did not.
+func (s *Service) ended(ctx context.Context, id string) (*Ending, error) {
+	e, err := s.cfg.Store.Ending(ctx, id)
 	switch {
 	case err == nil:
-		return true, nil
+		return e, nil
 	case errors.Is(err, ErrNotFound):
-		return false, nil
+		return nil, nil
 	}
-	return false, fmt.Errorf("look up the end of session %s: %w", id, err)
+	return nil, fmt.Errorf("look up the end of session %s: %w", id, err)
 }
