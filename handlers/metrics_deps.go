@@ -15,17 +15,15 @@ import (
 )
 
 // dependencyMetrics are the figures of what the broker depends on: the IdP,
-// Redis and the sessions Redis holds, and the build that runs. The session
-// cache's figures (hits, misses, evictions, size) belong here too, beside
-// the store's: register them in newDependencyMetrics and document them in
-// the README's metrics table.
+// Redis and the sessions Redis holds, and the build that runs. Figures
+// kept by another package (the session cache's) come in as a collector
+// through Metrics.Register.
 type dependencyMetrics struct {
-	idp      *prometheus.HistogramVec
-	redis    *prometheus.HistogramVec
-	opened   prometheus.Counter
-	active   *activeSessions
-	build    *prometheus.GaugeVec
-	register func(...prometheus.Collector)
+	idp    *prometheus.HistogramVec
+	redis  *prometheus.HistogramVec
+	opened prometheus.Counter
+	active *activeSessions
+	build  *prometheus.GaugeVec
 
 	// redisSeries caches the observer of each command and outcome, as
 	// series does for the requests: Redis commands are on the request
@@ -54,7 +52,6 @@ func newDependencyMetrics(reg *prometheus.Registry) *dependencyMetrics {
 			Name: "broker_sessions_opened_total",
 			Help: "Sessions opened by a code exchange.",
 		}),
-		register: reg.MustRegister,
 	}
 	build := prometheus.NewGaugeVec(prometheus.GaugeOpts{
 		Name: "broker_build_info",
@@ -152,15 +149,19 @@ const (
 // (the store's session count). A count that fails leaves the gauge out of
 // that scrape rather than report a stale figure; the Redis metrics say why.
 // Call it once, before the listeners serve.
-func (d *dependencyMetrics) CountSessions(count func(context.Context) (int64, error)) {
-	d.active = &activeSessions{
+func (m *Metrics) CountSessions(count func(context.Context) (int64, error)) {
+	m.active = &activeSessions{
 		count: count,
 		desc: prometheus.NewDesc("broker_sessions_active",
 			"Sessions that have not reached their absolute expiry, from the store's expiry index, read at most every 10 s; an upper bound: a session that reached its idle timeout unused stays counted until its absolute expiry.",
 			nil, nil),
 	}
-	d.register(d.active)
+	m.registry.MustRegister(m.active)
 }
+
+// Register adds a collector of figures kept elsewhere (the session
+// cache's) to the broker's registry, so that /metrics shows them.
+func (m *Metrics) Register(c prometheus.Collector) error { return m.registry.Register(c) }
 
 // activeSessions is the collector of broker_sessions_active.
 type activeSessions struct {
